@@ -1,0 +1,1 @@
+"""Pure diffusion functions: schedules as tensors, parametrizations, guidance, DDIM."""

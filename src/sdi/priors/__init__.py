@@ -1,0 +1,1 @@
+"""Priors: every one implements the ``Denoiser`` protocol of ``base.py``."""
