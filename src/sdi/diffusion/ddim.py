@@ -24,8 +24,8 @@ def ddim_step(x: Tensor, eps: Tensor, alpha_from: Tensor, alpha_to: Tensor) -> T
 
 
 def posterior_std(alpha_low: Tensor, alpha_high: Tensor) -> Tensor:
-    """Std of the DDPM posterior between two levels: sqrt((1 - a_lo)/(1 - a_hi) (1 - a_hi/a_lo))."""
-    return ((1 - alpha_low) / (1 - alpha_high) * (1 - alpha_high / alpha_low)).clamp(min=0).sqrt()
+    """Std of the DDPM posterior between two levels (a_lo < a_hi): sqrt((1 - a_hi)/(1 - a_lo) (1 - a_lo/a_hi))."""
+    return ((1 - alpha_high) / (1 - alpha_low) * (1 - alpha_low / alpha_high)).clamp(min=0).sqrt()
 
 
 def ddim_loop(

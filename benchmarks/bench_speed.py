@@ -1,0 +1,233 @@
+"""Seconds, UNet evaluations and peak memory per score-distillation iteration: SDS vs SDI.
+
+Builds a UNet and VAE with Stable Diffusion 2.1-base's architecture (published configs, written
+below) with RANDOM weights, so nothing is downloaded; random (77 x 1024) text embeddings stand in
+for CLIP. One iteration, for a (B, 3, R, R) render that requires grad (the renderer's output):
+resize to 512 x 512, encode through the VAE with gradients, then
+
+- sds: t ~ U(0.02, 0.98), x_t = sqrt(a) z + sqrt(1 - a) eps, one batched CFG call (cond + uncond);
+- sdi: t annealed 0.98 -> 0.25 over the timed iterations (the authors' schedule, sampled evenly so
+  the mean matches a full run), DDIM inversion of z with CFG -7.5 in int(10 t) + 1 steps up to
+  t + tau (tau ~ floor(U * 100) steps, entropy noise 0.3 x posterior std after each step), then the
+  forward CFG 7.5 call; kappa from the inverted latent;
+
+and back-propagate 0.5 |z - (z - grad).detach()|^2 through the encoder to the render.
+
+    python benchmarks/bench_speed.py --device cuda --dtype bf16 --render 512 --iters 20
+    python benchmarks/bench_speed.py --tiny            # CPU, the tiny test model of tests/tiny_sd.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from sdi.diffusion.ddim import ddim_invert
+from sdi.diffusion.guidance import eps_fn_for, guided_eps
+from sdi.diffusion.parametrization import add_noise, eps_from_x0
+from sdi.diffusion.schedules import level_grid
+from sdi.priors.base import CountingDenoiser
+from sdi.priors.stable_diffusion import StableDiffusionOptions, StableDiffusionPrior, peak_memory_bytes
+
+# stabilityai/stable-diffusion-2-1-base, unet/config.json and vae/config.json
+SD21_BASE_UNET = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    center_input_sample=False,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    act_fn="silu",
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    cross_attention_dim=1024,
+    attention_head_dim=(5, 10, 20, 20),
+    use_linear_projection=True,
+    upcast_attention=False,
+    dual_cross_attention=False,
+    only_cross_attention=False,
+)
+SD21_BASE_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    act_fn="silu",
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=512,
+    scaling_factor=0.18215,
+)
+TEXT_TOKENS, SD_TEXT_WIDTH, SD_RESOLUTION = 77, 1024, 512
+PROMPT = "a DSLR photo of a white fluffy cat"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def build_prior(args) -> tuple[StableDiffusionPrior, int]:
+    """Random-weight SD 2.1-base (or the tiny test model) and the image resolution it encodes."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # silence the cast-with-to() advice: random weights, nothing to keep fp32
+    torch.manual_seed(0)
+    if args.tiny:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        import tiny_sd
+
+        unet, vae, width, resolution = tiny_sd.tiny_unet(), tiny_sd.tiny_vae(), tiny_sd.HIDDEN, tiny_sd.IMAGE_SIZE
+    else:
+        unet, vae = UNet2DConditionModel(**SD21_BASE_UNET), AutoencoderKL(**SD21_BASE_VAE)
+        width, resolution = SD_TEXT_WIDTH, SD_RESOLUTION
+    dtype = DTYPES[args.dtype]
+    unet = unet.to(args.device, dtype)
+    unet.set_attn_processor(AttnProcessor2_0())
+    vae = vae.to(args.device, dtype)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    options = StableDiffusionOptions(compile_unet=args.compile, gradient_checkpointing_vae=args.grad_checkpoint_vae)
+    prior = StableDiffusionPrior(unet, vae, None, None, scheduler.alphas_cumprod, "epsilon", options)
+    for text in (PROMPT, ""):  # stand-ins for CLIP embeddings
+        prior.text_embeddings[text] = torch.randn(1, TEXT_TOKENS, width, device=args.device).to(dtype)
+    return prior, resolution
+
+
+def encode_render(prior, render: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Resize the render to the model resolution (as threestudio does) and encode it with gradients."""
+    if render.shape[-1] != resolution:
+        render = F.interpolate(render, (resolution, resolution), mode="bilinear")
+    return prior.encode(render.tanh())  # tanh: keep the stand-in render in [-1, 1]
+
+
+def sds_grad(denoiser, z: torch.Tensor, step: int, iters: int, gen: torch.Generator) -> torch.Tensor:
+    """DreamFusion: w(t) (eps_theta(x_t) - eps), random t and eps, CFG 100 in one batched call."""
+    ac = denoiser.alphas_cumprod
+    t = int(torch.randint(20, 981, (1,), generator=gen))
+    eps = torch.randn(z.shape, generator=gen).to(z)
+    x_t = add_noise(z, eps, ac[t].to(z))
+    pred = guided_eps(denoiser, x_t, torch.full((z.shape[0],), t), PROMPT, 100.0)
+    return (1 - ac[t]).to(z) * (pred - eps)
+
+
+def sdi_grad(denoiser, z: torch.Tensor, step: int, iters: int, gen: torch.Generator) -> torch.Tensor:
+    """SDI: kappa from CFG -7.5 DDIM inversion to t + tau in int(10 t) + 1 steps, forward CFG 7.5."""
+    ac = denoiser.alphas_cumprod
+    frac = 0.25 + 0.73 * (1 - step / max(iters - 1, 1))  # authors' annealing, evenly over the timed run
+    t = int(frac * 1000)
+    t_top = min(t + int(torch.rand((), generator=gen) * 100), 999)
+    grid = level_grid(ac, -1, t_top, int(10 * frac) + 1, initial_alpha=float(ac[0]))
+    gen_device = torch.Generator(z.device).manual_seed(step)
+    x_top = ddim_invert(eps_fn_for(denoiser, PROMPT, -7.5), z, grid, step_noise=0.3, generator=gen_device)
+    kappa = eps_from_x0(x_top, z, ac[t_top].to(z))
+    x_t = add_noise(z, kappa, ac[t].to(z))
+    pred = guided_eps(denoiser, x_t, torch.full((z.shape[0],), t), PROMPT, 7.5)
+    return (1 - ac[t]).to(z) * (pred - kappa)
+
+
+RULES = {"sds": sds_grad, "sdi": sdi_grad}
+
+
+def sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_rule(name: str, prior, resolution: int, args) -> dict:
+    counter = CountingDenoiser(prior)
+    render = torch.empty(args.batch, 3, args.render, args.render, device=args.device).uniform_(-1, 1)
+    render.requires_grad_()
+    gen = torch.Generator().manual_seed(0)
+
+    def iteration(step: int, iters: int) -> None:
+        render.grad = None
+        z = encode_render(prior, render, resolution).float()
+        with torch.no_grad():
+            grad = RULES[name](counter, z.detach(), step, iters, gen)
+        loss = 0.5 * F.mse_loss(z, (z - grad).detach(), reduction="sum")  # d loss / dz = grad
+        loss.backward()
+
+    for step in range(args.warmup):
+        iteration(0, 1)  # t = 0.98: the longest SDI inversion
+    sync(args.device)
+    if torch.device(args.device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    counter.calls = counter.evaluations = 0
+    start = time.perf_counter()
+    for step in range(args.iters):
+        iteration(step, args.iters)
+    sync(args.device)
+    seconds = (time.perf_counter() - start) / args.iters
+    return dict(
+        rule=name,
+        s_per_it=seconds,
+        calls=counter.calls / args.iters,
+        evals=counter.evaluations / args.iters,
+        peak_gb=peak_memory_bytes(args.device) / 2**30,
+        min_10k=seconds * 10_000 / 60,
+    )
+
+
+def print_table(rows: list[dict], args, resolution: int) -> None:
+    model = "tiny test model" if args.tiny else "SD 2.1-base architecture (random weights)"
+    print(f"# {model}, {args.device} {args.dtype}, batch {args.batch}, render {args.render} -> {resolution}, "
+          f"{args.iters} iters after {args.warmup} warmup, compile={args.compile}, "
+          f"grad-checkpoint-vae={args.grad_checkpoint_vae}")  # fmt: skip
+    columns = ("s/iter", 9), ("UNet calls/iter", 16), ("UNet evals/iter", 16), ("peak GB", 8), ("10k steps (min)", 16)
+    header = f"{'rule':<5} " + " ".join(f"{name:>{width}}" for name, width in columns)
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(f"{r['rule']:<5} {r['s_per_it']:>9.4f} {r['calls']:>16.2f} {r['evals']:>16.2f} "
+              f"{r['peak_gb']:>8.2f} {r['min_10k']:>16.1f}")  # fmt: skip
+    print("(calls: batched UNet calls, cond + uncond in one; evals: branch x image evaluations; "
+          "peak GB from torch.cuda.max_memory_allocated, 0 off CUDA)")  # fmt: skip
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default bf16 on CUDA, fp32 elsewhere")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--render", type=int, default=None, help="render side, e.g. 128/256/512 (default: model resolution)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--rules", default="sds,sdi", help="comma-separated subset of " + ",".join(RULES))
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA only)")
+    p.add_argument("--grad-checkpoint-vae", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="the tiny random model of tests/tiny_sd.py (runs on CPU)")
+    args = p.parse_args(argv)
+    if args.dtype is None:
+        args.dtype = "bf16" if torch.device(args.device).type == "cuda" else "fp32"
+    unknown = set(args.rules.split(",")) - set(RULES)
+    if unknown:
+        p.error(f"unknown rules {sorted(unknown)}; choose from {sorted(RULES)}")
+    if not args.tiny and torch.device(args.device).type != "cuda":
+        print("note: SD 2.1-base's architecture on CPU is very slow; use --tiny for a smoke run", file=sys.stderr)
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    prior, resolution = build_prior(args)
+    args.render = args.render or resolution
+    rows = [bench_rule(name, prior, resolution, args) for name in args.rules.split(",")]
+    print_table(rows, args, resolution)
+    by_rule = {r["rule"]: r for r in rows}
+    if {"sds", "sdi"} <= set(by_rule):
+        print(f"sdi / sds time per iteration: {by_rule['sdi']['s_per_it'] / by_rule['sds']['s_per_it']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The ``sdi`` command line: thin wrappers over the library."""

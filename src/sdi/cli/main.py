@@ -1,0 +1,39 @@
+"""``sdi`` entry point: subcommands, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sdi.cli import twod
+
+
+class UserError(Exception):
+    """Bad input: printed as one line, exit status 2."""
+
+
+SUBCOMMANDS = {"2d": twod}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdi", description="Score Distillation via Inversion (SDI)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in SUBCOMMANDS.items():
+        module.add_parser(sub.add_parser(name, help=module.__doc__.splitlines()[0]))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except (ValueError, FileNotFoundError, UserError) as error:
+        print(f"sdi {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sdi {args.command}: interrupted; outputs written so far are intact", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

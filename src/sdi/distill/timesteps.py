@@ -1,0 +1,86 @@
+"""How a rule picks its timestep t and the level t + tau where kappa is estimated.
+
+Levels are integer DDPM timesteps (0..T-1); fractions t in [0, 1] map to int(t T).
+Every schedule is a pure function of (step, total steps, generator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sdi.diffusion.schedules import Spacing, spaced_timesteps
+
+
+def to_level(t: float, num_train: int) -> int:
+    """Fraction of the diffusion time -> integer timestep, clamped to [0, T - 1]."""
+    return min(max(int(t * num_train), 0), num_train - 1)
+
+
+@dataclass(frozen=True)
+class Levels:
+    """The timestep of the update, and the (higher or equal) level at which kappa lives."""
+
+    t: int
+    t_kappa: int
+
+
+@dataclass(frozen=True)
+class RandomT:
+    """DreamFusion: t ~ U(lo, hi) every step, kappa at the same level."""
+
+    lo: float = 0.02
+    """Lowest fraction of the diffusion time."""
+    hi: float = 0.98
+    """Highest fraction of the diffusion time."""
+
+    def __call__(self, step: int, total: int, num_train: int, generator: torch.Generator) -> Levels:
+        u = torch.rand((), generator=generator).item()
+        t = to_level(self.lo + (self.hi - self.lo) * u, num_train)
+        return Levels(t, t)
+
+
+@dataclass(frozen=True)
+class AnnealedT:
+    """SDI (paper App. A): t decays linearly from ``start`` to ``end``; kappa is estimated at t + tau,
+    tau ~ U(0, tau_max) (paper 1/30; the authors' code 0.1)."""
+
+    start: float = 0.98
+    """t at the first step (fraction of the diffusion time)."""
+    end: float = 0.2
+    """t at the last step (the authors' code: 0.25)."""
+    tau_max: float = 1.0 / 30.0
+    """Upper bound of the jitter tau between the update's level and kappa's level."""
+    horizon: int | None = None
+    """Steps over which t anneals; None = the run's length. The authors' code fixes 10000."""
+
+    def fraction(self, step: int, total: int) -> float:
+        """t(step) as a fraction, a pure function of the step."""
+        span = max((self.horizon or total) - 1, 1)
+        return self.start + (self.end - self.start) * min(step / span, 1.0)
+
+    def __call__(self, step: int, total: int, num_train: int, generator: torch.Generator) -> Levels:
+        t = self.fraction(step, total)
+        tau = self.tau_max * torch.rand((), generator=generator).item() if self.tau_max > 0 else 0.0
+        return Levels(to_level(t, num_train), to_level(t + tau, num_train))
+
+
+@dataclass(frozen=True)
+class GridT:
+    """The DDIM sampling grid as a schedule (2D): step i updates at grid[i] with kappa at grid[i - 1]
+    (the top level T - 1 on step 0). With cached kappa this is exactly DDIM."""
+
+    spacing: Spacing = "leading"
+    """Timestep spacing of the grid."""
+    offset: int = 1
+    """Offset of a leading grid (Stable Diffusion uses 1)."""
+
+    def timesteps(self, total: int, num_train: int) -> torch.Tensor:
+        """Descending integer timesteps of the grid."""
+        return spaced_timesteps(num_train, total, self.spacing, self.offset).flip(0)
+
+    def __call__(self, step: int, total: int, num_train: int, generator: torch.Generator) -> Levels:
+        ts = self.timesteps(total, num_train)
+        t_kappa = int(ts[step - 1]) if step > 0 else num_train - 1
+        return Levels(int(ts[step]), t_kappa)

@@ -1,0 +1,1 @@
+"""Export a trained scene: meshes (GLB, OBJ, PLY) and turntable videos (MP4, GIF)."""

@@ -1,0 +1,163 @@
+"""Pinhole cameras around an object at the origin (OpenGL convention, +y up).
+
+A camera-to-world matrix ``c2w`` (B, 4, 4) has columns right, up, back (= -forward) and the camera
+position; the camera looks down its own -z axis. Azimuth 0 puts the camera on the +z axis ("front"),
+azimuth 90 on the +x axis; elevation is the angle above the xz plane.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Cameras:
+    """A batch of pinhole cameras sharing one image size."""
+
+    c2w: Tensor
+    """(B, 4, 4) camera-to-world, OpenGL convention (columns: right, up, back, position)."""
+    fovy: Tensor
+    """(B,) vertical field of view in radians."""
+    height: int
+    """Image height in pixels."""
+    width: int
+    """Image width in pixels."""
+
+    def __post_init__(self):
+        if self.c2w.ndim != 3 or self.c2w.shape[1:] != (4, 4):
+            raise ValueError(f"Cameras.c2w must be (B, 4, 4), got {tuple(self.c2w.shape)}")
+        if self.fovy.shape != (self.c2w.shape[0],):
+            raise ValueError(f"Cameras.fovy must be ({self.c2w.shape[0]},), got {tuple(self.fovy.shape)}")
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"Cameras need a positive image size, got {self.height}x{self.width}")
+
+    def __len__(self) -> int:
+        return self.c2w.shape[0]
+
+    @property
+    def positions(self) -> Tensor:
+        """(B, 3) camera centres in world space."""
+        return self.c2w[:, :3, 3]
+
+    def view_directions(self) -> Tensor:
+        """(B, 3) unit vectors from the origin towards each camera."""
+        return torch.nn.functional.normalize(self.positions, dim=-1)
+
+    def elevation_azimuth(self) -> Tensor:
+        """(B, 2) elevation and azimuth in degrees of each camera as seen from the origin."""
+        return direction_elevation_azimuth(self.view_directions())
+
+    def rays(self) -> tuple[Tensor, Tensor]:
+        """Ray origins and unit directions through pixel centres, each (B, H, W, 3); row 0 is the top."""
+        B, H, W = len(self), self.height, self.width
+        dtype, device = self.c2w.dtype, self.c2w.device
+        tan = torch.tan(self.fovy.to(dtype) / 2).reshape(B, 1, 1)
+        ys = 1 - 2 * (torch.arange(H, dtype=dtype, device=device) + 0.5) / H
+        xs = 2 * (torch.arange(W, dtype=dtype, device=device) + 0.5) / W - 1
+        y, x = torch.meshgrid(ys, xs, indexing="ij")
+        x, y = (x * tan * (W / H))[..., None], (y * tan)[..., None]  # (B, H, W, 1) on the z = -1 plane
+        right, up, back = (self.c2w[:, None, None, :3, j] for j in range(3))  # each (B, 1, 1, 3)
+        directions = torch.nn.functional.normalize(x * right + y * up - back, dim=-1)
+        origins = self.positions.reshape(B, 1, 1, 3).expand(B, H, W, 3)
+        return origins, directions
+
+
+def direction_elevation_azimuth(directions: Tensor) -> Tensor:
+    """(B, 3) directions -> (B, 2) elevation and azimuth in degrees (azimuth 0 = +z, 90 = +x)."""
+    d = torch.nn.functional.normalize(directions, dim=-1)
+    elevation = torch.rad2deg(torch.asin(d[:, 1].clamp(-1, 1)))
+    azimuth = torch.rad2deg(torch.atan2(d[:, 0], d[:, 2]))
+    return torch.stack([elevation, azimuth], dim=-1)
+
+
+def view_bin(directions: Tensor) -> list[str]:
+    """Coarse view name per direction (B, 3) from the object: "overhead" above 60 deg elevation,
+    else "front" (|azimuth| < 45), "back" (|azimuth| > 135) or "side"."""
+    names = []
+    for elevation, azimuth in direction_elevation_azimuth(directions).tolist():
+        if elevation > 60:
+            names.append("overhead")
+        elif abs(azimuth) < 45:
+            names.append("front")
+        elif abs(azimuth) > 135:
+            names.append("back")
+        else:
+            names.append("side")
+    return names
+
+
+def _batch(value: Tensor | float, n: int) -> Tensor:
+    """A scalar or (B,) value as a float32 (n,) tensor."""
+    value = torch.as_tensor(value, dtype=torch.float32)
+    return value.expand(n).clone() if value.ndim == 0 else value
+
+
+def orbit_cameras(
+    elevation_deg: Tensor, azimuth_deg: Tensor, distance: Tensor | float, fovy_deg: Tensor | float, size: int
+) -> Cameras:
+    """Square cameras on spheres around the origin, looking at it; angles (B,) in degrees."""
+    elevation = torch.deg2rad(torch.as_tensor(elevation_deg, dtype=torch.float32).reshape(-1))
+    azimuth = torch.deg2rad(torch.as_tensor(azimuth_deg, dtype=torch.float32).reshape(-1))
+    if elevation.shape != azimuth.shape:
+        raise ValueError(f"orbit_cameras needs as many elevations as azimuths, got {len(elevation)} and {len(azimuth)}")
+    n = len(elevation)
+    distance, fovy = _batch(distance, n), torch.deg2rad(_batch(fovy_deg, n))
+    back = torch.stack([elevation.cos() * azimuth.sin(), elevation.sin(), elevation.cos() * azimuth.cos()], dim=-1)
+    # right is horizontal and tangent to the azimuth circle: well defined even straight overhead.
+    right = torch.stack([azimuth.cos(), torch.zeros_like(azimuth), -azimuth.sin()], dim=-1)
+    up = torch.linalg.cross(back, right)
+    c2w = torch.eye(4).repeat(n, 1, 1)
+    c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2] = right, up, back
+    c2w[:, :3, 3] = back * distance[:, None]
+    return Cameras(c2w=c2w, fovy=fovy, height=size, width=size)
+
+
+def turntable_cameras(
+    n: int, elevation_deg: float = 15.0, distance: float = 1.75, fovy_deg: float = 50.0, size: int = 64
+) -> Cameras:
+    """``n`` cameras evenly spaced in azimuth from the front (0 deg), at one elevation."""
+    azimuth = torch.arange(n, dtype=torch.float32) * 360.0 / n
+    azimuth = torch.where(azimuth > 180, azimuth - 360, azimuth)
+    return orbit_cameras(torch.full((n,), float(elevation_deg)), azimuth, distance, fovy_deg, size)
+
+
+def held_out_cameras(n: int = 8, size: int = 64) -> Cameras:
+    """Deterministic evaluation views off the exemplar grid (azimuths 22.5 + 360 k / n, elevations 10 / 30)."""
+    azimuth = 22.5 + torch.arange(n, dtype=torch.float32) * 360.0 / n
+    azimuth = torch.remainder(azimuth + 180, 360) - 180
+    elevation = torch.where(torch.arange(n) % 2 == 0, 10.0, 30.0)
+    return orbit_cameras(elevation, azimuth, 1.75, 50.0, size)
+
+
+@dataclass(frozen=True)
+class CameraSampling:
+    """Uniform random cameras for distillation; ranges are the paper's reference (threestudio) config."""
+
+    distance: tuple[float, float] = (1.5, 2.0)
+    """Camera distance from the origin (lo, hi)."""
+    fovy_deg: tuple[float, float] = (40.0, 70.0)
+    """Vertical field of view in degrees (lo, hi)."""
+    elevation_deg: tuple[float, float] = (-10.0, 45.0)
+    """Elevation above the xz plane in degrees (lo, hi)."""
+    azimuth_deg: tuple[float, float] = (-180.0, 180.0)
+    """Azimuth in degrees (lo, hi); 0 = front (+z), 90 = +x."""
+
+    def __post_init__(self):
+        for name in ("distance", "fovy_deg", "elevation_deg", "azimuth_deg"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"CameraSampling.{name} must be (lo, hi) with lo <= hi, got {(lo, hi)}")
+
+    def sample(self, batch: int, size: int, generator: torch.Generator) -> Cameras:
+        """``batch`` square cameras with every parameter drawn uniformly from its range."""
+
+        def uniform(bounds: tuple[float, float]) -> Tensor:
+            lo, hi = bounds
+            return lo + (hi - lo) * torch.rand(batch, generator=generator)
+
+        elevation, azimuth = uniform(self.elevation_deg), uniform(self.azimuth_deg)
+        return orbit_cameras(elevation, azimuth, uniform(self.distance), uniform(self.fovy_deg), size)
+
