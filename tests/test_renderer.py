@@ -202,7 +202,6 @@ def test_gradients_reach_field_and_background(make_field, normals):
     assert all(p.grad is not None for p in bg.parameters())
     field.zero_grad()
     # a loss on the normals alone reaches the field parameters through the normal computation
-    right, up = reg.image_axes(out.directions)
     (reg.orientation_loss(out) + out.normals.square().sum()).backward()
     assert sum(p.grad.abs().sum() for p in field.parameters() if p.grad is not None) > 0
 
@@ -314,7 +313,9 @@ def test_opacity_sparsity_and_z_variance_losses():
     assert abs(reg.sparsity_loss(out).item() - math.sqrt(0.26)) < 1e-6
     w = torch.tensor([0.5, 0.5]).view(1, 1, 1, 2)
     t = torch.tensor([1.0, 3.0]).view(1, 1, 1, 2)
-    two = RenderOutput(out.rgb, out.opacity, out.depth, None, w, t, out.directions, out.ray_indices, w.view(-1)[:1], None)
+    two = RenderOutput(
+        out.rgb, out.opacity, out.depth, None, w, t, out.directions, out.ray_indices, w.view(-1)[:1], None
+    )
     assert abs(reg.z_variance_loss(two).item() - 1.0) < 1e-6  # mean 2, variance 0.5 * 1 + 0.5 * 1
 
 
@@ -339,3 +340,32 @@ def test_auto_normals_use_field_method_when_present():
     torch.testing.assert_close(field_normals(field, x, "auto"), field.normals(x))
     with pytest.raises(ValueError, match="unknown normals method"):
         field_normals(field, x, "sobel")
+
+
+def test_render_accepts_cameras_and_convexity_of_rendered_sphere_is_small():
+    cameras = pytest.importorskip("sdi.scene.cameras")
+    cams = cameras.orbit_cameras(torch.tensor([10.0, 30.0]), torch.tensor([0.0, 120.0]), 3.0, 40.0, 16)
+    out = render(SphereField(), SolidBackground(), cams, 48, "lambertian", cams.c2w[:, :3, 3], perturb=False)
+    assert out.rgb.shape == (2, 3, 16, 16)
+    assert out.opacity[:, 0, 8, 8].min() > 0.99 and out.opacity[:, 0, 0, 0].max() < 0.01
+    right, up = reg.image_axes(out.directions)
+    torch.testing.assert_close(right, cams.c2w[:, :3, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(up, cams.c2w[:, :3, 1], atol=1e-5, rtol=0)
+    assert reg.convexity_loss(out.normals, right, up).item() < 1e-4  # a sphere is convex from any view
+    # mirroring the normals' image-plane components (a dent instead of a bump) is penalised
+    inward = out.normals - 2 * (out.normals * right[..., None, None]) * right[..., None, None]
+    inward = inward - 2 * (inward * up[..., None, None]) * up[..., None, None]
+    assert reg.convexity_loss(inward, right, up).item() > 0.05
+
+
+def test_hash_grid_paper_config_falls_back_to_pure_pytorch_without_cuda():
+    from sdi.scene.fields import hash_grid_paper_config, level_resolutions
+
+    cfg = hash_grid_paper_config(log2_hashmap_size=12)
+    assert (cfg.n_levels, cfg.n_features_per_level, cfg.base_resolution, cfg.use_tcnn) == (16, 2, 16, True)
+    assert level_resolutions(cfg)[0] == 16 and level_resolutions(cfg)[-1] == 4095  # floor(16 * 1.4473^15), ~4096
+    field = HashGridField(cfg)
+    if not torch.cuda.is_available():
+        assert field.tcnn_encoding is None and field.encoding is not None
+    out = field(torch.zeros(4, 3))
+    assert out.density.shape == (4,) and out.albedo.shape == (4, 3)

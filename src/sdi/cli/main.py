@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sdi.cli import twod
+from sdi.cli import catalog, export, generate, twod
+from sdi.train.checkpoint import CheckpointError
+from sdi.train.loop import TrainingDiverged
 
 
 class UserError(Exception):
     """Bad input: printed as one line, exit status 2."""
 
 
-SUBCOMMANDS = {"2d": twod}
+SUBCOMMANDS = {"generate": generate, "2d": twod, "export": export, "catalog": catalog}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args) or 0
-    except (ValueError, FileNotFoundError, UserError) as error:
+    except (ValueError, FileNotFoundError, UserError, TrainingDiverged, CheckpointError) as error:
         print(f"sdi {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,25 +7,31 @@ for normals. The renderer (``renderer.py``) takes the field as a callback.
 Density follows DreamFusion / threestudio: ``density = act(pre + blob(x))`` with the centre blob
 ``blob(x) = blob_scale * (1 - |x| / blob_std)`` so that training starts from a ball at the centre.
 
-CPU timings that chose :class:`GridField` (2 cores, torch 2.13, 786k points = 4 views x 64^2 x 48
-samples, forward + backward of a scalar loss, parameters only):
+CPU timings that chose :class:`GridField` (786k points = 4 views x 64^2 x 48 samples, forward +
+backward of a scalar loss w.r.t. the parameters; torch 2.13, one thread, best of 3 on a shared
+2-core machine, so +-30%):
 
-====================================  =========  =============
-encoding                              ms / pass  Mpoints / s
-====================================  =========  =============
-dense grid 32^3 x 4, grid_sample      ~480       1.6
-dense grid 48^3 x 4, grid_sample      ~490-730   1.1-1.6
-dense grid 64^3 x 4, grid_sample      ~640-1070  0.7-1.2
-dense grid 48^3, manual 8-corner      ~1800      0.4
-triplane 64^2 x 8, linear decode      ~630       1.3
-triplane 128^2 x 8, linear decode     ~860       0.9
-triplane 64^2 x 8, MLP(32) decode     ~2960      0.3
-====================================  =========  =============
+=====================================  =========  ===========
+encoding                               ms / pass  Mpoints / s
+=====================================  =========  ===========
+dense grid 32^3 x 4, grid_sample       177        4.4
+dense grid 48^3 x 4, grid_sample       220        3.6
+dense grid 64^3 x 4, grid_sample       512        1.5
+dense grid 48^3, 8-corner gather (*)   ~1800      0.4
+triplane 64^2 x 8, linear decode       291        2.7
+triplane 128^2 x 8, linear decode      328        2.4
+triplane 64^2 x 8, MLP(32) decode      959        0.8
+hash grid L8 x 2, T 2^15 (encoding)    --         0.20
+hash grid L16 x 2, T 2^19 (encoding)   --         0.07
+=====================================  =========  ===========
 
-The dense grid read by ``F.grid_sample`` (no MLP: the 4 channels are density and albedo logits)
-is as fast as the cheapest triplane, has no decoder to slow it down, and its resolution is the
-scene resolution, so it is the default. The pure-PyTorch hash grid (:class:`HashGridField`) is
-5-10x slower on CPU and meant for GPU runs or ``use_tcnn``.
+(*) measured in an earlier two-thread run, where grid_sample on 48^3 took ~490-730 ms.
+
+The dense 48^3 grid read by ``F.grid_sample`` (no MLP: the 4 channels are density and albedo
+logits) beats the cheapest triplane, needs no decoder, and its resolution is the scene
+resolution, so it is the default; it also gives cheap normals (:meth:`GridField.normals`).
+The pure-PyTorch hash grid (:class:`HashGridField`) is 20-50x slower on CPU and meant for GPU runs
+(``use_tcnn``) or for matching the paper's reference configuration.
 """
 
 from __future__ import annotations
@@ -189,7 +195,7 @@ class HashGridFieldConfig:
     base_resolution: int = 16
     """Grid resolution of the coarsest level (threestudio: 16)."""
     per_level_scale: float = 1.447269237440378
-    """Resolution growth factor b between levels (threestudio: 1.4473, i.e. 16 -> 2048 in 16 levels)."""
+    """Resolution growth factor b between levels (threestudio: 1.4473, i.e. 16 -> 4096 in 16 levels)."""
     hidden_dim: int = 64
     """Width of the MLP decoding the features (threestudio: 64)."""
     n_hidden_layers: int = 1

@@ -1,0 +1,26 @@
+"""Redo the exports (turntable, views, mesh) of a run from its checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from sdi.cli.generate import export
+from sdi.io import atomic_write_json
+from sdi.train.run import read_config
+
+
+def add_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, help="folder made by `sdi generate`")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = read_config(args.run_dir)
+    written = export(args.run_dir, config)
+    metrics_path = args.run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    atomic_write_json(metrics_path, {**metrics, "exports": written})
+    print(f"exported {args.run_dir}: " + ", ".join(written))
+    return 0

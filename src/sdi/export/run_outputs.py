@@ -1,0 +1,56 @@
+"""Exports of a trained run: turntable video, views grid, mesh. Redone by ``sdi export RUN_DIR``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sdi.export.figures import figure
+from sdi.export.mesh import EmptyVolumeError, extract_mesh, save_mesh
+from sdi.export.video import save_turntable
+from sdi.io import save_image, to_uint8
+from sdi.scene.cameras import held_out_cameras, turntable_cameras
+from sdi.scene.renderer import render
+from sdi.train.loop import Scene
+
+
+@torch.no_grad()
+def render_views(scene: Scene, cameras, num_samples: int = 64, normals: bool = False):
+    """Deterministic renders (no jitter) of ``cameras``."""
+    return render(scene.field, scene.background, cameras, num_samples, "albedo", None, None, None,
+                  chunk=8192, normals="auto" if normals else None, perturb=False)
+
+
+def export_turntable(scene: Scene, out_dir: Path, size: int, frames: int = 36) -> dict[str, Path]:
+    """A 360 degree turntable at elevation 15, MP4 and GIF."""
+    out = render_views(scene, turntable_cameras(frames, size=size))
+    return save_turntable(to_uint8(out.rgb), out_dir, fps=12)
+
+
+def export_views(scene: Scene, out_dir: Path, size: int) -> Path:
+    """rgb, normals and opacity at the 8 held-out cameras, one row each."""
+    with torch.enable_grad():  # normals come from the density's gradient
+        out = render(scene.field, scene.background, held_out_cameras(8, size), 64, "albedo", None, None, None,
+                     chunk=8192, normals="auto", perturb=False)
+    normals = (torch.nn.functional.normalize(out.normals, dim=1) * 0.5 + 0.5) * out.opacity
+    rows = torch.cat([out.rgb, normals, out.opacity.expand(-1, 3, -1, -1)]).detach()
+    return save_image(out_dir / "views.png", figure(rows, nrow=8, scale=2))
+
+
+def export_mesh(scene: Scene, out_dir: Path, resolution: int = 128) -> dict[str, Path] | str:
+    """GLB/OBJ/PLY by marching cubes with vertex colours; the reason instead when the volume is empty."""
+    field = scene.field
+    try:
+        mesh = extract_mesh(field.density, lambda p: field(p).albedo, resolution=resolution)
+    except EmptyVolumeError as error:
+        return str(error)
+    return save_mesh(mesh, out_dir)
+
+
+def export_run(scene: Scene, out_dir: Path, size: int) -> dict:
+    """All exports; returns what was written (or why not) for metrics.json."""
+    scene.field.eval()
+    written = {"turntable": export_turntable(scene, out_dir, size), "views": export_views(scene, out_dir, size),
+               "mesh": export_mesh(scene, out_dir)}
+    return {k: ({kk: str(vv) for kk, vv in v.items()} if isinstance(v, dict) else str(v)) for k, v in written.items()}

@@ -1,0 +1,136 @@
+"""Typed presets: plain Python objects, no string registries of untyped dicts.
+
+``sdi-paper`` and ``sdi-reference`` differ exactly where the paper and the authors' code differ
+(see docs/paper-vs-reference.md); ``fast`` is the CPU default of ``sdi generate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, Literal
+
+from sdi.distill.ism import ism
+from sdi.distill.rule import Rule
+from sdi.distill.sdi import sdi_paper, sdi_reference
+from sdi.distill.sds import sds
+from sdi.scene.cameras import CameraSampling
+from sdi.scene.fields import GridFieldConfig, HashGridFieldConfig
+
+RuleFactory = Callable[[], Rule]
+
+
+def ramp(start: float, end: float, over: float) -> Callable[[float], float]:
+    """A loss weight going linearly from ``start`` to ``end`` over the first ``over`` of training."""
+    return lambda progress: start + (end - start) * min(progress / over, 1.0) if over > 0 else end
+
+
+def window(value: float, until: float) -> Callable[[float], float]:
+    """A loss weight ``value`` during the first ``until`` of training, 0 afterwards."""
+    return lambda progress: value if progress < until else 0.0
+
+
+def constant(value: float) -> Callable[[float], float]:
+    return lambda progress: value
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Regularizer weights as pure functions of training progress in [0, 1]."""
+
+    orientation: Callable[[float], float] = constant(0.0)
+    """DreamFusion's orientation loss (normals facing the camera)."""
+    sparsity: Callable[[float], float] = constant(0.0)
+    """Mean opacity penalty (empty space)."""
+    opaque: Callable[[float], float] = constant(0.0)
+    """Binary entropy of opacity (crisp silhouettes)."""
+    convexity: Callable[[float], float] = window(0.1, 0.4)
+    """The paper's convexity loss on 8x8 normals, weight 0.1 for the first 40% of steps."""
+    z_variance: Callable[[float], float] = constant(0.0)
+    """Variance of sample depth along each ray (thin surfaces)."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything a run needs besides the prompt and seed."""
+
+    name: str
+    """Name of the preset (written into the run's config)."""
+    rule: RuleFactory
+    """Score-distillation rule."""
+    steps: int = 300
+    """Training steps."""
+    lr: float = 0.05
+    """Adam learning rate of the field."""
+    batch: int = 2
+    """Views rendered per step."""
+    resolution: int = 64
+    """Render (and prior) resolution."""
+    num_samples: int = 48
+    """Samples per ray."""
+    radiance_field: GridFieldConfig | HashGridFieldConfig = field(default_factory=GridFieldConfig)
+    """Radiance field: dense grid (CPU default) or hash grid."""
+    cameras: CameraSampling = field(
+        default_factory=lambda: CameraSampling(distance=(1.75, 1.75), fovy_deg=(50, 50), elevation_deg=(0, 40))
+    )
+    """Camera sampling; the embedded prior's exemplars sit at distance 1.75, fovy 50."""
+    shading: tuple[tuple[Literal["albedo", "lambertian", "textureless"], float], ...] = (("albedo", 1.0),)
+    """Shading modes and their probabilities per step (DreamFusion samples them)."""
+    weights: LossWeights = field(default_factory=LossWeights)
+    """Regularizer weights."""
+    checkpoint_every: int = 50
+    """Steps between checkpoints (and at the end)."""
+    view_conditioning: Literal["kernel", "bins"] = "kernel"
+    """Embedded prior: vMF kernel over view direction, or the coarse front/side/back/overhead bins."""
+
+
+FAST = Preset("fast", lambda: sdi_paper())
+"""CPU default: SDI with the paper's numbers, dense grid, 2 views of 64x64, 300 steps."""
+
+PAPER_CAMERAS = CameraSampling(distance=(1.5, 2.0), fovy_deg=(40, 70), elevation_deg=(-10, 45))
+PAPER_WEIGHTS = LossWeights(
+    orientation=constant(0.1),
+    sparsity=ramp(0.15, 0.0, 0.3),
+    opaque=constant(0.1),
+    convexity=window(0.1, 0.4),
+    z_variance=constant(1.0),
+)
+
+SDI_PAPER = Preset(
+    "sdi-paper",
+    lambda: sdi_paper(),
+    steps=10_000,
+    lr=0.01,
+    batch=1,
+    resolution=512,
+    num_samples=512,
+    radiance_field=HashGridFieldConfig(n_levels=16, log2_hashmap_size=19, use_tcnn=True),
+    cameras=PAPER_CAMERAS,
+    shading=(("albedo", 0.0), ("lambertian", 0.25), ("textureless", 0.75)),
+    weights=PAPER_WEIGHTS,
+    checkpoint_every=1000,
+)
+"""The paper's App. A: SD 2.1-base at 512x512, hash grid, 10k steps (a GPU run with --prior sd:PATH)."""
+
+SDI_REFERENCE = replace(SDI_PAPER, name="sdi-reference", rule=lambda: sdi_reference())
+"""The authors' threestudio code: tau up to 0.1, t floor 0.25, entropy at every inversion step."""
+
+SDS = replace(FAST, name="sds", rule=lambda: sds(cfg=7.5))
+"""SDS on the CPU settings (CFG 7.5 to compare with SDI at the same guidance; DreamFusion used 100)."""
+
+ISM = replace(FAST, name="ism", rule=lambda: ism(cfg=7.5))
+"""ISM (LucidDreamer) on the CPU settings."""
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (FAST, SDI_PAPER, SDI_REFERENCE, SDS, ISM)}
+"""Presets by name, for the command line."""
+
+
+def cpu_sized(preset: Preset) -> Preset:
+    """A GPU preset shrunk to CPU sizes, keeping its rule (for --preset sdi-paper on the embedded prior)."""
+    return replace(FAST, name=preset.name, rule=preset.rule)
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``, or a one-line error listing them."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
