@@ -343,7 +343,7 @@ def test_auto_normals_use_field_method_when_present():
 
 
 def test_render_accepts_cameras_and_convexity_of_rendered_sphere_is_small():
-    cameras = pytest.importorskip("sdi.scene.cameras")
+    import sdi.scene.cameras as cameras
     cams = cameras.orbit_cameras(torch.tensor([10.0, 30.0]), torch.tensor([0.0, 120.0]), 3.0, 40.0, 16)
     out = render(SphereField(), SolidBackground(), cams, 48, "lambertian", cams.c2w[:, :3, 3], perturb=False)
     assert out.rgb.shape == (2, 3, 16, 16)

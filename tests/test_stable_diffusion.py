@@ -8,8 +8,6 @@ import math
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
-pytest.importorskip("transformers")
 
 from tiny_sd import IMAGE_SIZE, LATENT_SIZE, build_tiny_sd  # noqa: E402
 

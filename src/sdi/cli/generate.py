@@ -10,7 +10,8 @@ from sdi.io import atomic_write_json
 from sdi.train.presets import PRESETS
 from sdi.train.run import RunConfig, read_config, restore_state, train_run
 
-METHOD_PRESETS = {"sdi": "fast", "sds": "sds", "ism": "ism", "sdi-paper": "sdi-paper", "sdi-reference": "sdi-reference"}
+METHOD_PRESETS = {"sdi": "fast", "sds": "sds", "ism": "ism", "nfsd": "nfsd", "csd": "csd", "sdi-paper": "sdi-paper",
+                  "sdi-reference": "sdi-reference"}
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +22,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior", default="embedded", help="'embedded' (default) or sd:PATH")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's steps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resolution", type=int, default=None, help="override the preset's render resolution")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/<prompt>-s<seed>)")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue a killed run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -33,7 +35,7 @@ def config_from(args: argparse.Namespace) -> RunConfig:
     if not args.prompt or not args.prompt.strip():
         raise ValueError('empty prompt; try sdi generate "a red cube with white stripes" (`sdi catalog` lists words)')
     preset = args.preset or METHOD_PRESETS[args.method or "sdi"]
-    return RunConfig(args.prompt.strip(), preset, args.prior, args.steps, args.seed)
+    return RunConfig(args.prompt.strip(), preset, args.prior, args.steps, args.seed, args.resolution)
 
 
 def run(args: argparse.Namespace) -> int:

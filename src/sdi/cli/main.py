@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sdi.cli import catalog, export, generate, twod
+from sdi.cli import bench, catalog, export, generate, twod
 from sdi.train.checkpoint import CheckpointError
 from sdi.train.loop import TrainingDiverged
 
@@ -14,7 +14,7 @@ class UserError(Exception):
     """Bad input: printed as one line, exit status 2."""
 
 
-SUBCOMMANDS = {"generate": generate, "2d": twod, "export": export, "catalog": catalog}
+SUBCOMMANDS = {"generate": generate, "2d": twod, "export": export, "catalog": catalog, "bench": bench}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,12 +48,12 @@ def to_unit(x: Tensor) -> Tensor:
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 
-def compare(results: dict[str, Result2D]) -> None:
-    """Distance to the DDIM sample and detail relative to it, into each result's metrics."""
-    reference = to_unit(results["ddim"].image)
+def compare(prior, results: dict[str, Result2D]) -> None:
+    """Distance to the DDIM sample and detail relative to it (on decoded images), into each result's metrics."""
+    reference = decoded(prior, results["ddim"].image)
     ref_energy = high_frequency_energy(reference)
     for result in results.values():
-        image = to_unit(result.image)
+        image = decoded(prior, result.image)
         result.metrics["distance_to_ddim"] = l2_distance(image, reference).mean().item()
         result.metrics["detail_vs_ddim"] = (high_frequency_energy(image) / ref_energy).mean().item()
 
@@ -72,15 +72,18 @@ def write_result(prior, result: Result2D, out: Path, info: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    prior = load_prior(args)
+    # Check the arguments before building the prior (seconds for the built-in set).
+    if args.steps < 2:
+        raise ValueError(f"--steps must be at least 2, got {args.steps}")
     prompt = args.prompt if args.prompt is not None else (DEFAULT_LABEL if args.prior == "exemplar" else "")
     if not prompt.strip():
         raise ValueError("empty --prompt; give a label of the prior (see its list in the error for an unknown one)")
+    prior = load_prior(args)
     prior.members(prompt) if isinstance(prior, ExemplarPrior) else None  # fail fast on an unknown label
     shape = tuple(prior.encode(torch.zeros(1, 3, args.size, args.size)).shape)
     methods = list(ALL_METHODS) if args.method == "all" else ["ddim", args.method]
     results = {m: run_method(prior, m, prompt, args.cfg, args.steps, args.seed, shape, not args.quiet) for m in methods}
-    compare(results)
+    compare(prior, results)
     info = {"prompt": prompt, "seed": args.seed, "steps": args.steps, "cfg": args.cfg}
     shown = results if args.method == "all" else {args.method: results[args.method]}
     for name, result in shown.items():

@@ -15,7 +15,7 @@ from sdi.diffusion.parametrization import add_noise, x0_from_eps
 from sdi.diffusion.schedules import Grid
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
-Callback = Callable[[int, Tensor, Tensor], None]  # (i, x after the step, x0 predicted at step i)
+Callback = Callable[[int, Tensor, Tensor], None]  # (i, x the step starts from, x0 predicted at step i)
 
 
 def ddim_step(x: Tensor, eps: Tensor, alpha_from: Tensor, alpha_to: Tensor) -> Tensor:

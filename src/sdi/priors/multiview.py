@@ -62,6 +62,15 @@ class ExemplarGrid:
         azimuth = torch.tensor(self.azimuths_deg, dtype=torch.float32).repeat(len(self.elevations_deg))
         return orbit_cameras(elevation, azimuth, self.distance, self.fovy_deg, size)
 
+    def sample(self, batch: int, size: int, generator: torch.Generator) -> Cameras:
+        """``batch`` views drawn uniformly from the grid: where the exemplar prior is exact. Between
+        grid views its targets are neighbouring views, and their average is a blur."""
+        n_az, n_el = len(self.azimuths_deg), len(self.elevations_deg)
+        pick = torch.randint(n_az * n_el, (batch,), generator=generator)
+        elevation = torch.tensor(self.elevations_deg, dtype=torch.float32)[pick // n_az]
+        azimuth = torch.tensor(self.azimuths_deg, dtype=torch.float32)[pick % n_az]
+        return orbit_cameras(elevation, azimuth, self.distance, self.fovy_deg, size)
+
 
 class MultiViewPrior(ExemplarPrior):
     """An ``ExemplarPrior`` that accepts any spelling of a catalog prompt and can condition on view bins."""

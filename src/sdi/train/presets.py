@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
+from sdi.distill.csd import csd
 from sdi.distill.ism import ism
+from sdi.distill.nfsd import nfsd
 from sdi.distill.rule import Rule
 from sdi.distill.sdi import sdi_paper, sdi_reference
 from sdi.distill.sds import sds
@@ -120,7 +122,13 @@ SDS = replace(FAST, name="sds", rule=lambda: sds(cfg=7.5))
 ISM = replace(FAST, name="ism", rule=lambda: ism(cfg=7.5))
 """ISM (LucidDreamer) on the CPU settings."""
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (FAST, SDI_PAPER, SDI_REFERENCE, SDS, ISM)}
+NFSD = replace(FAST, name="nfsd", rule=lambda: nfsd(cfg=7.5, negative=""))
+"""NFSD on the CPU settings; the embedded prior has no free-text negative prompt, so delta_D = 0 for t >= 200."""
+
+CSD = replace(FAST, name="csd", rule=lambda: csd(scale=7.5))
+"""CSD (classifier score only) on the CPU settings, scale 7.5."""
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (FAST, SDI_PAPER, SDI_REFERENCE, SDS, ISM, NFSD, CSD)}
 """Presets by name, for the command line."""
 
 

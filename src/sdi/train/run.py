@@ -39,6 +39,8 @@ class RunConfig:
     """Override of the preset's number of steps."""
     seed: int = 0
     """Seed of everything random in the run."""
+    resolution: int | None = None
+    """Override of the preset's render (and embedded prior) resolution."""
 
     def resolved_preset(self) -> Preset:
         """The preset with overrides applied; GPU-sized presets shrink to CPU sizes on the embedded prior."""
@@ -49,6 +51,10 @@ class RunConfig:
             if self.steps < 1:
                 raise ValueError(f"--steps must be positive, got {self.steps}")
             preset = replace(preset, steps=self.steps)
+        if self.resolution is not None:
+            if self.resolution < 8:
+                raise ValueError(f"--resolution must be at least 8 pixels, got {self.resolution}")
+            preset = replace(preset, resolution=self.resolution)
         return preset
 
 
@@ -66,11 +72,13 @@ def load_prior(config: RunConfig, preset: Preset) -> Denoiser:
     raise ValueError(f"unknown prior {config.prior!r}; use 'embedded' or sd:PATH")
 
 
-def save_state(run_dir: Path, state: TrainState, config: RunConfig, elapsed: float, calls: int) -> None:
-    """Atomic checkpoint of everything a resume needs."""
+def save_state(
+    run_dir: Path, state: TrainState, config: RunConfig, elapsed: float, calls: int, loss: float | None = None
+) -> None:
+    """Atomic checkpoint of everything a resume needs (``loss``: the last step's, for a resumed run's metrics)."""
     tensors, meta = pack_training_state(
         state.scene.modules(), {"adam": state.optimizer}, state.generator, state.step,
-        {"config": asdict(config), "elapsed_s": elapsed, "denoiser_calls": calls},
+        {"config": asdict(config), "elapsed_s": elapsed, "denoiser_calls": calls, "final_loss": loss},
     )
     tensors.update({f"rule_state/{k}": v for k, v in state.rule_state.items() if k == "fixed_noise"})
     save_checkpoint(run_dir / CHECKPOINT, tensors, meta)
@@ -91,7 +99,11 @@ def read_config(run_dir: Path) -> RunConfig:
     path = run_dir / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; is {run_dir} a folder made by `sdi generate`?")
-    return RunConfig(**json.loads(path.read_text())["run"])
+    try:
+        return RunConfig(**json.loads(path.read_text())["run"])
+    except (ValueError, TypeError, KeyError) as error:  # bad JSON, missing "run", unknown or missing fields
+        raise ValueError(f"{path} is not a run config written by `sdi generate` ({error}); "
+                         "restore it or start a new run") from None
 
 
 def train_run(run_dir: Path, config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
@@ -115,14 +127,16 @@ def train_run(run_dir: Path, config: RunConfig, resume: bool = False, progress: 
             bar.set_postfix(loss=f"{info.loss:.3g}", t=info.t)
             if state.step % preset.checkpoint_every == 0 or state.step == preset.steps:
                 check_finite(state)
-                save_state(run_dir, state, config, elapsed(), calls())
+                save_state(run_dir, state, config, elapsed(), calls(), info.loss)
     except TrainingDiverged as error:
-        raise TrainingDiverged(f"{error}; the last good checkpoint is kept in {run_dir / CHECKPOINT}: "
+        kept = (f"the last good checkpoint is kept in {run_dir / CHECKPOINT}" if (run_dir / CHECKPOINT).exists()
+                else "no checkpoint was written yet")
+        raise TrainingDiverged(f"{error}; {kept}: "
                                "lower the learning rate or change the seed, then --resume or start again") from None
     finally:
         bar.close()
     return {"steps": state.step, "wall_time_s": elapsed(), "denoiser_calls": calls(),
-            "final_loss": info.loss if info else None, "preset": preset.name, "rule": rule.name}
+            "final_loss": info.loss if info else extra.get("final_loss"), "preset": preset.name, "rule": rule.name}
 
 
 def check_finite(state: TrainState) -> None:

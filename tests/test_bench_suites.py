@@ -1,0 +1,110 @@
+"""`sdi bench` suites end to end on tiny grids, and NFSD / CSD against their formulas."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import TINY_PROMPT, TINY_RESOLUTION  # the session's cached tiny prior
+from sdi.bench import suites
+from sdi.bench.runner import read_runs
+from sdi.cli.main import main
+from sdi.data.builtin import builtin_images
+from sdi.distill.csd import csd
+from sdi.distill.nfsd import nfsd
+from sdi.distill.rule import distill_step, weight
+from sdi.distill.timesteps import RandomT
+from sdi.priors.exemplar import ExemplarPrior
+
+
+
+def test_2d_suite_via_cli_writes_csv_and_report(tmp_path):
+    out = tmp_path / "b2d"
+    argv = ["bench", "2d", "--out", str(out), "--seeds", "1", "--steps", "4", "--prompts", "checker",
+            "--methods", "ddim", "sdi", "--quiet"]
+    assert main(argv) == 0
+    rows = read_runs(out / "runs.csv")
+    assert sorted(r["method"] for r in rows.values()) == ["ddim", "sdi"]
+    assert all(r["status"] == "ok" for r in rows.values())
+    sdi = next(r for r in rows.values() if r["method"] == "sdi")
+    assert sdi["distance_to_ddim"] < 1e-4  # SDI on the DDIM grid retraces DDIM (paper Sec. 4)
+    report = (out / "report.md").read_text()
+    assert "| sdi | 1 | 0 |" in report and "sdi bench 2d" in report and "Wall time" in report
+    assert (out / "bar_distance_to_ddim.png").is_file()
+
+
+def test_3d_suite_trains_and_scores_against_ground_truth(tmp_path, multiview_prior):
+    jobs = suites.grid_3d(tmp_path / "runs", objects=(TINY_PROMPT,), seeds=1, steps=3, methods=("sds",),
+                          resolution=TINY_RESOLUTION)
+    rows = [{"status": "ok", "method": "sds", **suites.job_3d(jobs[0])}]  # in-process: the 2d test covers run_grid
+    for metric in ("psnr", "ssim", "mask_iou", "detail_ratio", "saturation_error", "peak_memory_mb", "train_s"):
+        assert math.isfinite(rows[0][metric]), metric
+    assert rows[0]["diverged"] in (0.0, 1.0) and rows[0]["denoiser_calls"] == 3
+    assert (tmp_path / "runs" / jobs[0].key / "checkpoint.safetensors").is_file()
+    path = suites.write_suite_report("3d", rows, tmp_path, "sdi bench 3d", 1.0, 1)
+    assert "| sds | 1 | 0 |" in path.read_text()
+    with pytest.raises(ValueError):
+        suites.grid_3d(tmp_path, objects=("a purple unicorn",))
+
+
+def test_eq8_ablation_inversion_error_is_finite(multiview_prior):
+    params = {"size": TINY_RESOLUTION, "views": 2, "t_values": [0.3, 0.7], "inv_cfg": -7.5, "fwd_cfg": 7.5}
+    for name in ("ddim-inversion", "random-resampled"):
+        job = suites.Job("eq8", name, TINY_PROMPT, 0, {**params, "estimator": name})
+        out = suites.job_eq8(job)
+        assert {"eq8_t0.30", "eq8_t0.70"} <= set(out)
+        assert all(math.isfinite(out[k]) and out[k] >= 0 for k in ("eq8_t0.30", "eq8_t0.70"))
+    jobs = suites.grid_ablations("runs", objects=(TINY_PROMPT,), eq8_objects=(TINY_PROMPT,))
+    names = {j.method for j in jobs if j.suite == "ablation"}
+    steps = {f"inv-steps {n}" for n in suites.INVERSION_STEPS}
+    assert {"sdi", "cfg 0/0", "cfg 0/7.5", "cfg 7.5/7.5", "random-t", "sdi-reference"} | steps == names
+    assert {j.method for j in jobs if j.suite == "eq8"} == set(suites.ESTIMATORS)
+
+
+@pytest.fixture(scope="module")
+def exemplar():
+    return ExemplarPrior(*builtin_images(16, per_class=8))
+
+
+def _step(rule, prior, seed=0):
+    x0 = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    update = distill_step(rule, prior, x0, 0, 10, "checker", torch.Generator().manual_seed(seed), {})
+    t = torch.full((2,), update.levels.t)
+    eps_c, eps_u, eps_s = prior.predict_eps(update.x_t, t, ["checker", "", "stripes"])
+    w = weight(prior.alphas_cumprod[update.levels.t], rule.weighting)
+    return update, w, eps_c, eps_u, eps_s
+
+
+def test_csd_direction_is_the_classifier_score(exemplar):
+    update, w, eps_c, eps_u, _ = _step(csd(scale=5.0), exemplar)
+    assert torch.allclose(update.grad, w * 5.0 * (eps_c - eps_u), atol=1e-5)
+
+
+def test_nfsd_direction_matches_its_formula(exemplar):
+    s = 7.5
+    for lo, hi in ((0.02, 0.15), (0.4, 0.9)):  # below and above t = 200
+        for negative in ("", "stripes"):  # no negative prompt ("" -> delta_D = 0 above 200), and a real one
+            rule = replace(nfsd(s, negative=negative), timesteps=RandomT(lo, hi))
+            update, w, eps_c, eps_u, eps_s = _step(rule, exemplar)
+            eps_neg = eps_u if negative == "" else eps_s
+            delta_d = eps_u if update.levels.t < 200 else eps_u - eps_neg
+            assert torch.allclose(update.grad, w * (delta_d + s * (eps_c - eps_u)), atol=1e-5)
+
+
+def test_sd_suite_tiny_sd_and_tiny_clip(tmp_path):
+    from test_bench import _tiny_clip_folder
+    from tiny_sd import IMAGE_SIZE, build_tiny_sd
+
+    assert len(suites.SD_PROMPTS) == 43
+    sd, clip = build_tiny_sd(tmp_path / "sd"), _tiny_clip_folder(tmp_path / "clip")
+    jobs = suites.grid_sd(tmp_path / "runs", str(sd), str(clip), prompts=suites.SD_PROMPTS[:1], methods=("sdi",),
+                          views=2, eval_size=IMAGE_SIZE, steps=2, resolution=IMAGE_SIZE, num_samples=8, batch=1,
+                          dense_grid=True)
+    out = suites.job_sd(jobs[0])
+    assert out["steps"] == 2 and out["denoiser_calls"] >= 2
+    assert 0 <= out["clip_score"] <= 100 and all(0 <= out[f"iqa_{k}"] <= 100 for k in ("quality", "sharpness", "real"))
+    with pytest.raises(FileNotFoundError, match="--sd"):
+        suites.grid_sd(tmp_path, str(tmp_path / "missing"), str(clip))

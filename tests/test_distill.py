@@ -1,0 +1,336 @@
+"""Distillation rules: SDI-cached is DDIM, SDS is SDI with random kappa, Eq. 10 by hand, the kappa
+estimators and t schedules, and one contract test over every rule factory and prior."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from sdi.diffusion.schedules import sampling_grid
+from sdi.distill.csd import csd
+from sdi.distill.ism import IntervalNoise, IntervalT, ism
+from sdi.distill.nfsd import nfsd
+from sdi.distill.noise import (
+    Cached,
+    FixedPoint,
+    GradientDescent,
+    Inversion,
+    NoiseQuery,
+    RandomFixed,
+    RandomResampled,
+    WithEntropy,
+    eq8_residual,
+)
+from sdi.distill.rule import Rule, distill_step
+from sdi.distill.sdi import sdi_cached, sdi_grid, sdi_paper, sdi_reference
+from sdi.distill.sds import sds
+from sdi.distill.timesteps import AnnealedT, GridT, RandomT
+from sdi.twod import run_method
+
+LABEL = "checker"
+T = 1000
+
+
+def image(prior, index: int = 0, batch: int = 2) -> torch.Tensor:
+    """A batch of exemplars of LABEL, slightly perturbed so that no estimator is trivially exact."""
+    idx = prior.members(LABEL)[index : index + batch]
+    g = torch.Generator().manual_seed(123)
+    return (prior.images[idx].float() + 0.05 * torch.randn(prior.images[idx].shape, generator=g)).clamp(-1, 1)
+
+
+def query(prior, x0, t: int, seed: int = 0, cfg: float = 7.5, state=None, t_update=None) -> NoiseQuery:
+    g = torch.Generator().manual_seed(seed)
+    t_update = t if t_update is None else t_update
+    return NoiseQuery(prior, x0, t, t_update, LABEL, cfg, None, g, {} if state is None else state)
+
+
+def guided(prior, x_t, t: int, cfg: float, prompt: str = LABEL) -> torch.Tensor:
+    """eps_u + s (eps_c - eps_u), written out."""
+    eps_c, eps_u = prior.predict_eps(x_t, torch.full((len(x_t),), t), [prompt, ""])
+    return eps_u + cfg * (eps_c - eps_u)
+
+
+# ------------------------------------------------------------------------- SDI-cached is DDIM
+
+
+def test_sdi_cached_reproduces_the_ddim_trajectory(exemplar_prior):
+    shape = (1, 3, 16, 16)
+    ddim = run_method(exemplar_prior, "ddim", LABEL, 7.5, 12, seed=3, shape=shape)
+    cached = run_method(exemplar_prior, "sdi-cached", LABEL, 7.5, 12, seed=3, shape=shape)
+    assert len(ddim.snapshots) == len(cached.snapshots) == 8
+    for a, b in zip(ddim.snapshots, cached.snapshots):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached.image, ddim.image, atol=1e-5, rtol=0)
+    # A different rule on the same seed is not DDIM: the comparison above can fail.
+    sdi = run_method(exemplar_prior, "sds", LABEL, 7.5, 12, seed=3, shape=shape)
+    assert (sdi.image - ddim.image).abs().max() > 1e-2
+
+
+# ------------------------------------------------------------------ SDS = SDI with random kappa
+
+
+@pytest.mark.parametrize("step", [0, 7])
+def test_sds_is_sdi_with_random_resampled_kappa(exemplar_prior, step):
+    x0 = image(exemplar_prior)
+    sdi_as_sds = replace(sdi_paper(), noise=RandomResampled(), timesteps=sds().timesteps)
+    reference = sds(cfg=sdi_as_sds.cfg)
+    a = distill_step(sdi_as_sds, exemplar_prior, x0, step, 10, LABEL, torch.Generator().manual_seed(5), {})
+    b = distill_step(reference, exemplar_prior, x0, step, 10, LABEL, torch.Generator().manual_seed(5), {})
+    assert a.levels == b.levels
+    torch.testing.assert_close(a.grad, b.grad, atol=0, rtol=0)
+
+    # DreamFusion written out: t ~ U(0.02, 0.98) T, z ~ N(0, I), grad = w(t) (eps_cfg(x_t, t) - z).
+    g = torch.Generator().manual_seed(5)
+    t = int((0.02 + 0.96 * torch.rand((), generator=g).item()) * T)
+    z = torch.randn(x0.shape, generator=g)
+    alpha = exemplar_prior.alphas_cumprod[t]
+    x_t = alpha.sqrt() * x0 + (1 - alpha).sqrt() * z
+    w = ((1 - alpha) / alpha).sqrt()
+    expected = w * (guided(exemplar_prior, x_t, t, 7.5) - z)
+    assert a.levels.t == t
+    torch.testing.assert_close(a.grad, expected, atol=1e-5, rtol=1e-5)
+
+    # DreamFusion's own weighting w(t) = 1 - a(t), same draws.
+    df = distill_step(sds(cfg=7.5, weighting="one_minus_alpha"), exemplar_prior, x0, step, 10, LABEL,
+                      torch.Generator().manual_seed(5), {})
+    torch.testing.assert_close(df.grad, (1 - alpha) * (guided(exemplar_prior, x_t, t, 7.5) - z), atol=1e-5, rtol=1e-5)
+
+
+def test_sds_draws_depend_on_the_generator(exemplar_prior):
+    x0 = image(exemplar_prior)
+    a = distill_step(sds(), exemplar_prior, x0, 0, 10, LABEL, torch.Generator().manual_seed(1), {})
+    b = distill_step(sds(), exemplar_prior, x0, 0, 10, LABEL, torch.Generator().manual_seed(2), {})
+    assert not torch.equal(a.noise.kappa, b.noise.kappa)
+
+
+# ------------------------------------------------------------ Eq. 10 with cached kappa = DDIM step
+
+
+@pytest.mark.parametrize("step", [1, 5, 9])
+def test_eq10_with_cached_kappa_is_a_ddim_step_on_x0(exemplar_prior, step):
+    x0, total, cfg = image(exemplar_prior), 10, 4.0
+    eps_prev = torch.randn(x0.shape, generator=torch.Generator().manual_seed(9))
+    rule = Rule("cached", GridT(), Cached(), cfg)
+    update = distill_step(rule, exemplar_prior, x0, step, total, LABEL, torch.Generator(), {"last_eps": eps_prev})
+
+    # By hand: x_t = sqrt(a) x0 + sqrt(1 - a) eps_prev at the grid's level; DDIM's x0 prediction there.
+    t = int(sampling_grid(exemplar_prior.alphas_cumprod, total).timesteps[step])
+    a = exemplar_prior.alphas_cumprod[t]
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps_prev
+    eps = guided(exemplar_prior, x_t, t, cfg)
+    x0_ddim = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+    assert update.levels.t == t
+    torch.testing.assert_close(update.x_t, x_t, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(update.target, x0_ddim, atol=1e-5, rtol=1e-5)
+    # ... and the update is sigma(t) (eps - kappa).
+    torch.testing.assert_close(update.grad, ((1 - a) / a).sqrt() * (eps - eps_prev), atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------- kappa estimators
+
+ESTIMATORS = {
+    "random-resampled": RandomResampled(),
+    "random-fixed": RandomFixed(),
+    "fixed-point": FixedPoint(iterations=3),
+    "gradient-descent": GradientDescent(iterations=3),
+    "inversion": Inversion(steps=4),
+    "cached": Cached(),
+    "with-entropy": WithEntropy(Inversion(steps=2), 0.3),
+}
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_estimators_return_kappa_of_the_image_shape(exemplar_prior, name):
+    x0 = image(exemplar_prior)
+    state = {"initial_noise": torch.randn(x0.shape)}
+    noise = ESTIMATORS[name](query(exemplar_prior, x0, 500, state=state))
+    assert noise.kappa.shape == x0.shape
+    assert noise.kappa.dtype == x0.dtype
+    assert torch.isfinite(noise.kappa).all()
+    assert noise.subtract is noise.kappa  # only ISM-like rules subtract something else
+
+
+def test_random_fixed_is_drawn_once_per_run(exemplar_prior):
+    x0, state = image(exemplar_prior), {}
+    first = RandomFixed()(query(exemplar_prior, x0, 500, seed=1, state=state)).kappa
+    again = RandomFixed()(query(exemplar_prior, x0, 300, seed=2, state=state)).kappa
+    assert torch.equal(first, again)
+    other_run = RandomFixed()(query(exemplar_prior, x0, 500, seed=2, state={})).kappa
+    assert not torch.equal(first, other_run)
+
+
+def test_cached_uses_the_initial_noise_then_the_last_prediction(exemplar_prior):
+    x0 = image(exemplar_prior)
+    z, last = torch.randn(x0.shape), torch.randn(x0.shape)
+    assert torch.equal(Cached()(query(exemplar_prior, x0, 500, state={"initial_noise": z})).kappa, z)
+    both = {"initial_noise": z, "last_eps": last}
+    assert torch.equal(Cached()(query(exemplar_prior, x0, 500, state=both)).kappa, last)
+    with pytest.raises(ValueError, match="initial_noise"):
+        Cached()(query(exemplar_prior, x0, 500))
+
+
+@pytest.mark.parametrize("start", ["perturbed", "blend"])
+def test_inversion_solves_eq8_better_than_random_noise(exemplar_prior, start):
+    x0 = image(exemplar_prior, batch=4)
+    if start == "blend":  # halfway between exemplars, off the data
+        x0 = 0.5 * (x0 + image(exemplar_prior, index=4, batch=4))
+    # Mid t: well below it the exemplar posterior has collapsed onto one image for any kappa, and every
+    # kappa has the same residual (the distance to that image).
+    q = query(exemplar_prior, x0, 700)
+    paper = eq8_residual(q, Inversion(steps=10)(q).kappa).mean()  # the paper's cfg = -7.5 inversion
+    random = torch.stack([eq8_residual(q, q.randn()) for _ in range(4)]).mean()
+    assert paper < 0.6 * random, (paper, random)
+
+
+def test_inversion_step_noise_comes_from_the_generator(exemplar_prior):
+    x0 = image(exemplar_prior)
+    est = Inversion(steps=3, step_noise=0.3)
+    a = est(query(exemplar_prior, x0, 500, seed=1)).kappa
+    a_again = est(query(exemplar_prior, x0, 500, seed=1)).kappa
+    b = est(query(exemplar_prior, x0, 500, seed=2)).kappa
+    assert torch.equal(a, a_again)
+    assert not torch.allclose(a, b)
+    # Without step noise the inversion is deterministic whatever the seed.
+    clean = Inversion(steps=3)
+    one, two = (clean(query(exemplar_prior, x0, 500, seed=s)).kappa for s in (1, 2))
+    assert torch.equal(one, two)
+
+
+def test_with_entropy_adds_scaled_gaussian_noise(exemplar_prior):
+    x0 = image(exemplar_prior)
+    inner = Inversion(steps=2)
+    base = inner(query(exemplar_prior, x0, 400, seed=4)).kappa
+    q = query(exemplar_prior, x0, 400, seed=4)
+    noisy = WithEntropy(inner, 0.3)(q).kappa
+    # The inner estimator draws nothing, so the entropy is the generator's first draw.
+    expected = base + 0.3 * torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(noisy, expected, atol=1e-6, rtol=0)
+
+
+def test_ism_baseline_is_the_unconditional_prediction_at_s(exemplar_prior):
+    x0, s, t = image(exemplar_prior), 450, 500
+    noise = IntervalNoise(stride=1.0, max_steps=1)(query(exemplar_prior, x0, s, t_update=t))
+    # One inversion step from the clean image (a = 1) to s, model at the destination s.
+    a_s, a_t = exemplar_prior.alphas_cumprod[s], exemplar_prior.alphas_cumprod[t]
+    eps_0 = exemplar_prior.predict_eps(x0, torch.full((2,), s), [""])[0]
+    x_s = a_s.sqrt() * x0 + (1 - a_s).sqrt() * eps_0
+    eps_s = exemplar_prior.predict_eps(x_s, torch.full((2,), s), [""])[0]
+    torch.testing.assert_close(noise.baseline, eps_s, atol=1e-5, rtol=1e-5)
+    # x_t is one DDIM step from x_s to t with eps_s, and kappa places it: x_t = sqrt(a_t) x0 + sqrt(1 - a_t) kappa.
+    x_t = a_t.sqrt() * (x_s - (1 - a_s).sqrt() * eps_s) / a_s.sqrt() + (1 - a_t).sqrt() * eps_s
+    torch.testing.assert_close(a_t.sqrt() * x0 + (1 - a_t).sqrt() * noise.kappa, x_t, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(noise.subtract, noise.kappa)
+
+
+# ------------------------------------------------------------------------------- t schedules
+
+
+def test_annealed_t_goes_from_start_to_end_with_tau_in_bounds():
+    schedule, total = AnnealedT(0.98, 0.2, tau_max=0.1), 20
+    g = torch.Generator().manual_seed(0)
+    levels = [schedule(step, total, T, g) for step in range(total)]
+    assert levels[0].t == 980
+    # 0.98 + (0.2 - 0.98) is 0.19999999999999996 in floating point: allow the truncation to 199.
+    assert schedule.fraction(total - 1, total) == pytest.approx(0.2)
+    assert abs(levels[-1].t - 200) <= 1
+    ts = [lv.t for lv in levels]
+    assert ts == sorted(ts, reverse=True) and len(set(ts)) == total
+    taus = [lv.t_kappa - lv.t for lv in levels]
+    assert all(0 <= tau <= 0.1 * T + 1 for tau in taus)
+    assert max(taus) > 10  # tau is drawn, not 0
+    # The schedule is a pure function of (step, generator state): same seed, same levels.
+    g2 = torch.Generator().manual_seed(0)
+    assert levels == [schedule(step, total, T, g2) for step in range(total)]
+
+
+def test_annealed_t_horizon_and_no_tau():
+    schedule = AnnealedT(0.9, 0.5, tau_max=0.0, horizon=11)
+    g = torch.Generator()
+    assert schedule(10, 100, T, g) == schedule(50, 100, T, g)  # past the horizon t stays at the end
+    assert schedule(10, 100, T, g).t == schedule(10, 100, T, g).t_kappa == 500
+    assert schedule(5, 100, T, g).t == 700
+
+
+def test_grid_t_walks_the_ddim_grid(exemplar_prior):
+    total, g = 10, torch.Generator()
+    grid = sampling_grid(exemplar_prior.alphas_cumprod, total).timesteps.tolist()
+    levels = [GridT()(step, total, T, g) for step in range(total)]
+    assert [lv.t for lv in levels] == grid
+    assert levels[0].t_kappa == T - 1
+    assert [lv.t_kappa for lv in levels[1:]] == grid[:-1]
+
+
+def test_random_t_stays_in_range_and_follows_the_generator():
+    schedule = RandomT(0.3, 0.6)
+    g = torch.Generator().manual_seed(0)
+    levels = [schedule(0, 1, T, g) for _ in range(200)]
+    assert all(300 <= lv.t <= 600 and lv.t_kappa == lv.t for lv in levels)
+    assert len({lv.t for lv in levels}) > 50
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
+    assert [schedule(0, 1, T, g1).t for _ in range(5)] != [schedule(0, 1, T, g2).t for _ in range(5)]
+
+
+def test_interval_t_puts_s_below_t():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        lv = IntervalT(delta=0.05)(0, 1, T, g)
+        assert lv.t_kappa == lv.t - 50 and 20 <= lv.t_kappa
+
+
+# --------------------------------------------------------------------- contract: every rule, every prior
+
+RULES = {
+    "sds": lambda: sds(),
+    "sdi-paper": lambda: sdi_paper(),
+    "sdi-reference": lambda: sdi_reference(),
+    "sdi-grid": lambda: sdi_grid(),
+    "sdi-cached": lambda: sdi_cached(),
+    "ism": lambda: ism(),
+    "nfsd": lambda: nfsd(negative=""),
+    "csd": lambda: csd(),
+}
+
+
+def _contract(rule: Rule, prior, x0, prompt: str, views) -> None:
+    moved = False
+    state = {"initial_noise": torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))}
+    g = torch.Generator().manual_seed(0)
+    for step in (0, 2, 4):
+        update = distill_step(rule, prior, x0, step, 5, prompt, g, state, views)
+        assert update.grad.shape == x0.shape == update.target.shape == update.x_t.shape
+        assert torch.isfinite(update.grad).all() and torch.isfinite(update.target).all()
+        torch.testing.assert_close(update.target, x0 - update.grad, atol=0, rtol=0)
+        num_train = len(prior.alphas_cumprod)
+        assert 0 <= update.levels.t < num_train and 0 <= update.levels.t_kappa < num_train
+        assert update.noise.kappa.shape == x0.shape
+        assert not update.grad.requires_grad
+        moved |= bool(update.grad.abs().sum() > 0)
+    assert moved, "the rule never moved x0"
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_rule_contract_on_the_exemplar_prior(exemplar_prior, name):
+    # Between two classes, so that conditional and unconditional predictions differ (CSD, NFSD).
+    x0 = 0.5 * (image(exemplar_prior) + exemplar_prior.images[exemplar_prior.members("stripes")[:2]].float())
+    _contract(RULES[name](), exemplar_prior, x0, LABEL, None)
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_rule_contract_on_the_multiview_prior(multiview_prior, name):
+    from sdi.scene.cameras import CameraSampling
+
+    cameras = CameraSampling().sample(2, 16, torch.Generator().manual_seed(0))
+    x0 = multiview_prior.images[:2].float() * 0.8
+    _contract(RULES[name](), multiview_prior, x0, "a red cube", cameras.view_directions())
+
+
+def test_every_rule_module_is_in_the_contract():
+    import pkgutil
+
+    import sdi.distill
+
+    modules = {m.name for m in pkgutil.iter_modules(sdi.distill.__path__)} - {"rule", "noise", "timesteps"}
+    covered = {"sds", "sdi", "ism", "nfsd", "csd"}
+    assert modules <= covered, f"add the rules of {sorted(modules - covered)} to RULES"

@@ -1,0 +1,238 @@
+"""Training: every preset runs on CPU, runs are deterministic and resume exactly, checkpoints survive
+crashes and NaNs, and a tiny run's exports load."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import imageio.v2 as imageio
+import pytest
+import torch
+import trimesh
+from PIL import Image
+
+import sdi.io
+import sdi.train.loop as loop
+from sdi.priors.base import CountingDenoiser
+from sdi.train.checkpoint import load_checkpoint
+from sdi.train.loop import TrainingDiverged, new_state, train
+from sdi.train.presets import FAST, PRESETS, cpu_sized
+from sdi.train.run import CHECKPOINT, RunConfig, restore_state, save_state, train_run
+
+TINY_PROMPT, TINY_RESOLUTION = "a red cube", 16  # as in conftest.py (the multiview_prior fixture)
+
+
+def tiny(preset, steps: int = 3, **overrides):
+    """``preset`` at CPU test sizes (GPU presets shrunk with cpu_sized first, as `sdi generate` does)."""
+    if preset.resolution > 128:
+        preset = cpu_sized(preset)
+    return replace(preset, resolution=TINY_RESOLUTION, num_samples=16, batch=1, steps=steps, **overrides)
+
+
+def params(state) -> list[torch.Tensor]:
+    return [p.detach().clone() for m in (state.scene.field, state.scene.background) for p in m.parameters()]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_trains_a_few_steps_on_cpu(multiview_prior, name):
+    preset = tiny(PRESETS[name])
+    state = new_state(preset, seed=0)
+    before = params(state)
+    denoiser = CountingDenoiser(multiview_prior)
+    infos = list(train(state, preset, preset.rule(), denoiser, TINY_PROMPT))
+    assert [i.step for i in infos] == [1, 2, 3] and state.step == 3
+    assert all(math.isfinite(i.loss) and math.isfinite(i.distill) for i in infos)
+    assert all(0 <= i.t < 1000 for i in infos)
+    assert denoiser.calls >= 3
+    after = params(state)
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after)), "no parameter moved"
+
+
+def test_gpu_presets_shrink_to_cpu_sizes_on_the_embedded_prior():
+    for name in ("sdi-paper", "sdi-reference"):
+        preset = RunConfig(TINY_PROMPT, name).resolved_preset()
+        assert preset.name == name and preset.resolution == FAST.resolution and preset.steps == FAST.steps
+        assert preset.rule() == PRESETS[name].rule()
+    assert RunConfig(TINY_PROMPT, "fast", steps=7, resolution=24).resolved_preset().resolution == 24
+    with pytest.raises(ValueError, match="--steps"):
+        RunConfig(TINY_PROMPT, "fast", steps=0).resolved_preset()
+    with pytest.raises(ValueError, match="--resolution"):
+        RunConfig(TINY_PROMPT, "fast", resolution=2).resolved_preset()
+
+
+# ------------------------------------------------------------------ runs: determinism and resume
+
+
+@pytest.fixture
+def tiny_preset(monkeypatch):
+    """Register a tiny preset ("tiny": 6 steps, checkpoint every 2) for RunConfig / train_run."""
+    preset = tiny(FAST, steps=6, name="tiny", checkpoint_every=2)
+    monkeypatch.setitem(PRESETS, "tiny", preset)
+    return preset
+
+
+def checkpoint_tensors(run_dir):
+    tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
+    return tensors, meta
+
+
+def assert_same_checkpoint(a, b):
+    (ta, ma), (tb, mb) = checkpoint_tensors(a), checkpoint_tensors(b)
+    assert ma["step"] == mb["step"]
+    assert sorted(ta) == sorted(tb)
+    assert any(k.startswith("optimizers/adam/") for k in ta) and "rng/generator" in ta
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), f"{key} differs"
+    assert ma["optimizers"] == mb["optimizers"]
+
+
+def test_same_seed_same_run(tmp_path, tiny_preset):
+    config = RunConfig(TINY_PROMPT, "tiny", seed=3)
+    first = train_run(tmp_path / "a", config, progress=False)
+    second = train_run(tmp_path / "b", config, progress=False)
+    assert first["final_loss"] == second["final_loss"] and first["steps"] == 6
+    assert first["denoiser_calls"] == second["denoiser_calls"] > 0
+    assert_same_checkpoint(tmp_path / "a", tmp_path / "b")
+    other = train_run(tmp_path / "c", replace(config, seed=4), progress=False)
+    assert other["final_loss"] != first["final_loss"]
+
+
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def kill_at(monkeypatch, step: int):
+    """Make the training step that starts at ``step`` raise, like a kill in the middle of it."""
+    real = loop.training_step
+
+    def step_or_die(state, *args, **kwargs):
+        if state.step == step:
+            raise Killed(f"killed at step {step}")
+        return real(state, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "training_step", step_or_die)
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path, tiny_preset, monkeypatch):
+    config = RunConfig(TINY_PROMPT, "tiny", seed=1)
+    train_run(tmp_path / "whole", config, progress=False)
+
+    with monkeypatch.context() as m:
+        kill_at(m, 3)  # steps 0-2 done, checkpoint at step 2, step 3 never finishes
+        with pytest.raises(Killed):
+            train_run(tmp_path / "killed", config, progress=False)
+    assert checkpoint_tensors(tmp_path / "killed")[1]["step"] == 2
+
+    metrics = train_run(tmp_path / "killed", config, resume=True, progress=False)
+    assert metrics["steps"] == 6
+    assert_same_checkpoint(tmp_path / "whole", tmp_path / "killed")
+
+
+def test_resume_by_driving_the_generator(tmp_path, tiny_preset, multiview_prior):
+    """Stop the ``train`` generator after k steps, pack/restore through a checkpoint, continue."""
+    preset, rule = tiny_preset, tiny_preset.rule()
+    whole = new_state(preset, seed=2)
+    for _ in train(whole, preset, rule, multiview_prior, TINY_PROMPT):
+        pass
+
+    first = new_state(preset, seed=2)
+    steps = train(first, preset, rule, multiview_prior, TINY_PROMPT)
+    for _ in range(4):
+        next(steps)
+    steps.close()
+    save_state(tmp_path, first, RunConfig(TINY_PROMPT, "tiny", seed=2), 0.0, 0)
+    resumed, extra = restore_state(tmp_path, preset, seed=99)  # the seed does not matter: the generator is restored
+    assert resumed.step == 4 and extra["config"]["seed"] == 2
+    for _ in train(resumed, preset, rule, multiview_prior, TINY_PROMPT):
+        pass
+    for a, b in zip(params(whole), params(resumed)):
+        assert torch.equal(a, b)
+    assert torch.equal(whole.generator.get_state(), resumed.generator.get_state())
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_preset, monkeypatch):
+    config = RunConfig(TINY_PROMPT, "tiny", seed=0)
+    real_fsync, saves = sdi.io._fsync_file, []
+
+    def fsync_then_crash(path):
+        if path.name.startswith(f".{CHECKPOINT.split('.')[0]}"):
+            saves.append(path)
+            if len(saves) == 2:  # the second checkpoint (step 4) dies half-way through its write
+                path.write_bytes(path.read_bytes()[:100])
+                raise OSError("no space left on device")
+        real_fsync(path)
+
+    monkeypatch.setattr(sdi.io, "_fsync_file", fsync_then_crash)
+    with pytest.raises(OSError, match="no space"):
+        train_run(tmp_path, config, progress=False)
+    tensors, meta = load_checkpoint(tmp_path / CHECKPOINT)
+    assert meta["step"] == 2 and len(saves) == 2
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if v.is_floating_point())
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name], "temporary file left behind"
+
+
+class NaNAfter:
+    """The embedded prior, returning NaN from the training step ``bad_step`` on (steps counted by encode)."""
+
+    def __init__(self, inner, bad_step: int):
+        self.inner, self.bad_step, self.step = inner, bad_step, -1
+        self.alphas_cumprod = inner.alphas_cumprod
+
+    def encode(self, image):
+        self.step += 1
+        return self.inner.encode(image)
+
+    def decode(self, latent):
+        return self.inner.decode(latent)
+
+    def predict_eps(self, x_t, t, prompts, views=None):
+        eps = self.inner.predict_eps(x_t, t, prompts, views)
+        return torch.full_like(eps, float("nan")) if self.step >= self.bad_step else eps
+
+
+@pytest.mark.parametrize("bad_step", [2, 0])
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, tiny_preset, monkeypatch, bad_step):
+    import sdi.train.run as run
+
+    real = run.load_prior
+    monkeypatch.setattr(run, "load_prior", lambda config, preset: NaNAfter(real(config, preset), bad_step))
+    with pytest.raises(TrainingDiverged) as error:
+        train_run(tmp_path, RunConfig(TINY_PROMPT, "tiny"), progress=False)
+    message = str(error.value)
+    assert "\n" not in message and f"step {bad_step}" in message and "nan" in message
+    if bad_step == 0:
+        assert "no checkpoint" in message and not (tmp_path / CHECKPOINT).exists()
+        return
+    assert str(tmp_path / CHECKPOINT) in message
+    tensors, meta = load_checkpoint(tmp_path / CHECKPOINT)
+    assert meta["step"] == 2
+    fields = [v for k, v in tensors.items() if k.startswith("modules/field/") and v.is_floating_point()]
+    assert fields and all(torch.isfinite(v).all() for v in fields)
+
+
+# ---------------------------------------------------------------------------------------- exports
+
+
+def test_exports_of_a_tiny_run_load(generated_run):
+    run_dir, status, _ = generated_run
+    assert status == 0
+    for suffix in ("glb", "obj", "ply"):
+        mesh = trimesh.load(run_dir / f"mesh.{suffix}", force="mesh")
+        assert len(mesh.vertices) > 0 and len(mesh.faces) > 0
+    reader = imageio.get_reader(run_dir / "turntable.mp4")
+    frames = [frame for frame in reader]  # not list(reader): its len() is inf for ffmpeg streams
+    reader.close()
+    assert len(frames) == 36 and frames[0].ndim == 3 and frames[0].shape[2] == 3
+    with Image.open(run_dir / "turntable.gif") as gif:
+        assert gif.n_frames == 36
+    with Image.open(run_dir / "views.png") as views:
+        views.load()
+        assert views.width > views.height > 0  # 8 views wide, 3 rows (rgb, normals, opacity)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and metrics["denoiser_calls"] > 0 and metrics["wall_time_s"] > 0
+    assert math.isfinite(metrics["final_loss"])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["run"]["resolution"] == TINY_RESOLUTION and config["preset"]["resolution"] == TINY_RESOLUTION
