@@ -39,7 +39,7 @@ def test_2d_suite_via_cli_writes_csv_and_report(tmp_path):
 def test_3d_suite_trains_and_scores_against_ground_truth(tmp_path, multiview_prior):
     jobs = suites.grid_3d(tmp_path / "runs", objects=(TINY_PROMPT,), seeds=1, steps=3, methods=("sds",),
                           resolution=TINY_RESOLUTION)
-    rows = [{"status": "ok", "method": "sds", **suites.job_3d(jobs[0])}]  # in-process: the 2d test covers run_grid
+    rows = [{"status": "ok", "method": "sds", "prompt": TINY_PROMPT, **suites.job_3d(jobs[0])}]  # in-process
     for metric in ("psnr", "ssim", "mask_iou", "detail_ratio", "saturation_error", "peak_memory_mb", "train_s"):
         assert math.isfinite(rows[0][metric]), metric
     assert rows[0]["diverged"] in (0.0, 1.0) and rows[0]["denoiser_calls"] == 3

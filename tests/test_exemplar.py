@@ -127,7 +127,7 @@ def test_builtin_images_shapes_range_and_labels():
     assert images.shape == (n, 3, 64, 64) and images.dtype == torch.float32
     assert float(images.min()) >= -1.0 and float(images.max()) <= 1.0
     assert len(BUILTIN_LABELS) >= 4 and DEFAULT_LABEL in BUILTIN_LABELS
-    assert labels == [label for label in BUILTIN_LABELS for _ in range(8)]
+    assert labels == [label for label in BUILTIN_LABELS for _ in range(64)]
     small, small_labels = builtin_images(size=32, per_class=3)
     assert small.shape == (len(BUILTIN_LABELS) * 3, 3, 32, 32) and len(small_labels) == len(small)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 from sdi.io import atomic_write_json
@@ -41,6 +42,9 @@ def config_from(args: argparse.Namespace) -> RunConfig:
 def run(args: argparse.Namespace) -> int:
     if args.resume:
         config, run_dir = read_config(args.resume), args.resume
+        if args.prompt or args.preset or args.method or args.steps is not None or args.resolution is not None:
+            print(f"note: --resume continues {run_dir}/config.json as it is; other arguments are ignored",
+                  file=sys.stderr)
     else:
         config = config_from(args)
         slug = re.sub(r"[^a-z0-9]+", "-", config.prompt.lower()).strip("-")

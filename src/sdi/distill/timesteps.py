@@ -58,7 +58,8 @@ class AnnealedT:
     def fraction(self, step: int, total: int) -> float:
         """t(step) as a fraction, a pure function of the step."""
         span = max((self.horizon or total) - 1, 1)
-        return self.start + (self.end - self.start) * min(step / span, 1.0)
+        f = min(step / span, 1.0)
+        return (1 - f) * self.start + f * self.end  # lands exactly on ``end`` at the last step
 
     def __call__(self, step: int, total: int, num_train: int, generator: torch.Generator) -> Levels:
         t = self.fraction(step, total)
