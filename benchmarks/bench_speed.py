@@ -27,10 +27,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sdi.diffusion.ddim import ddim_invert
-from sdi.diffusion.guidance import eps_fn_for, guided_eps
-from sdi.diffusion.parametrization import add_noise, eps_from_x0
-from sdi.diffusion.schedules import level_grid
+from sdi.distill.rule import distill_step
+from sdi.distill.sdi import sdi_paper, sdi_reference
+from sdi.distill.sds import sds
 from sdi.priors.base import CountingDenoiser
 from sdi.priors.stable_diffusion import StableDiffusionOptions, StableDiffusionPrior, peak_memory_bytes
 
@@ -111,32 +110,9 @@ def encode_render(prior, render: torch.Tensor, resolution: int) -> torch.Tensor:
     return prior.encode(render.tanh())  # tanh: keep the stand-in render in [-1, 1]
 
 
-def sds_grad(denoiser, z: torch.Tensor, step: int, iters: int, gen: torch.Generator) -> torch.Tensor:
-    """DreamFusion: w(t) (eps_theta(x_t) - eps), random t and eps, CFG 100 in one batched call."""
-    ac = denoiser.alphas_cumprod
-    t = int(torch.randint(20, 981, (1,), generator=gen))
-    eps = torch.randn(z.shape, generator=gen).to(z)
-    x_t = add_noise(z, eps, ac[t].to(z))
-    pred = guided_eps(denoiser, x_t, torch.full((z.shape[0],), t), PROMPT, 100.0)
-    return (1 - ac[t]).to(z) * (pred - eps)
-
-
-def sdi_grad(denoiser, z: torch.Tensor, step: int, iters: int, gen: torch.Generator) -> torch.Tensor:
-    """SDI: kappa from CFG -7.5 DDIM inversion to t + tau in int(10 t) + 1 steps, forward CFG 7.5."""
-    ac = denoiser.alphas_cumprod
-    frac = 0.25 + 0.73 * (1 - step / max(iters - 1, 1))  # authors' annealing, evenly over the timed run
-    t = int(frac * 1000)
-    t_top = min(t + int(torch.rand((), generator=gen) * 100), 999)
-    grid = level_grid(ac, -1, t_top, int(10 * frac) + 1, initial_alpha=float(ac[0]))
-    gen_device = torch.Generator(z.device).manual_seed(step)
-    x_top = ddim_invert(eps_fn_for(denoiser, PROMPT, -7.5), z, grid, step_noise=0.3, generator=gen_device)
-    kappa = eps_from_x0(x_top, z, ac[t_top].to(z))
-    x_t = add_noise(z, kappa, ac[t].to(z))
-    pred = guided_eps(denoiser, x_t, torch.full((z.shape[0],), t), PROMPT, 7.5)
-    return (1 - ac[t]).to(z) * (pred - kappa)
-
-
-RULES = {"sds": sds_grad, "sdi": sdi_grad}
+RULES = {"sds": lambda: sds(cfg=100.0), "sdi": sdi_reference, "sdi-paper": sdi_paper}
+"""The library's own rules (no copy of them here): DreamFusion's SDS at CFG 100, SDI as the authors'
+code runs it (tau up to 0.1, t floor 0.25, entropy at every inversion step) and as the paper states it."""
 
 
 def sync(device: str) -> None:
@@ -145,17 +121,17 @@ def sync(device: str) -> None:
 
 
 def bench_rule(name: str, prior, resolution: int, args) -> dict:
-    counter = CountingDenoiser(prior)
+    counter, rule = CountingDenoiser(prior), RULES[name]()
     render = torch.empty(args.batch, 3, args.render, args.render, device=args.device).uniform_(-1, 1)
     render.requires_grad_()
-    gen = torch.Generator().manual_seed(0)
+    gen, state = torch.Generator().manual_seed(0), {}
 
     def iteration(step: int, iters: int) -> None:
         render.grad = None
         z = encode_render(prior, render, resolution).float()
         with torch.no_grad():
-            grad = RULES[name](counter, z.detach(), step, iters, gen)
-        loss = 0.5 * F.mse_loss(z, (z - grad).detach(), reduction="sum")  # d loss / dz = grad
+            update = distill_step(rule, counter, z, step, iters, PROMPT, gen, state)
+        loss = 0.5 * F.mse_loss(z, update.target, reduction="sum")  # d loss / dz = update.grad
         loss.backward()
 
     for step in range(args.warmup):

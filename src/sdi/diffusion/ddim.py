@@ -47,7 +47,9 @@ def ddim_loop(
         x = ddim_step(x, eps, a_from, a_to)
         if step_noise:
             std = posterior_std(torch.minimum(a_from, a_to), torch.maximum(a_from, a_to))
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            # drawn on the generator's device (the caller's CPU generator also drives CUDA runs)
+            device = generator.device if generator is not None else x.device
+            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
             x = x + step_noise * std * noise
     return x
 
