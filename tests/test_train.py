@@ -234,5 +234,6 @@ def test_exports_of_a_tiny_run_load(generated_run):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["steps"] == 3 and metrics["denoiser_calls"] > 0 and metrics["wall_time_s"] > 0
     assert math.isfinite(metrics["final_loss"])
+    assert metrics["peak_memory_mb"] > 0  # reported for every run (CUDA allocations or resident set)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["run"]["resolution"] == TINY_RESOLUTION and config["preset"]["resolution"] == TINY_RESOLUTION

@@ -174,12 +174,16 @@ def grid_3d(runs_dir: Path, objects=OBJECTS_3D[:3], seeds: int = 2, steps: int =
 def job_3d(job: Job) -> dict:
     """``train_run`` the method's preset into ``runs_dir/<key>``, then ``evaluate_run`` against the ground truth."""
     from sdi.bench.evaluate import evaluate_run
+    from sdi.train.loop import TrainingDiverged
     from sdi.train.run import RunConfig, train_run
 
     p = job.params_dict
     resolution = int(p["resolution"]) if "resolution" in p else None
     config = RunConfig(job.prompt, METHODS_3D[job.method], "embedded", int(p["steps"]), job.seed, resolution)
-    trained = train_run(run_dir_of(job), config, progress=False)
+    try:
+        trained = train_run(run_dir_of(job), config, progress=False)
+    except TrainingDiverged:  # NaN loss: a diverged run (Table 1's column), not a failed job
+        return {"diverged": 1.0, "peak_memory_mb": peak_memory_mb()}
     quality = evaluate_run(run_dir_of(job))
     return {**quality, "train_s": trained["wall_time_s"], "denoiser_calls": float(trained["denoiser_calls"]),
             "peak_memory_mb": peak_memory_mb()}
@@ -271,7 +275,7 @@ def ablation_rules() -> dict[str, tuple[str, Callable]]:
 
 
 def grid_ablations(
-    runs_dir: Path, objects=OBJECTS_3D[:1], seeds: int = 1, steps: int = STEPS_3D, eq8_objects=OBJECTS_3D[:2],
+    runs_dir: Path, objects=OBJECTS_3D[:1], seeds: int = 2, steps: int = STEPS_3D, eq8_objects=OBJECTS_3D[:2],
     t_values=T_VALUES, views: int = 4, size: int = 64, variants: tuple[str, ...] | None = None,
     resolution: int = ABLATION_RESOLUTION,
 ) -> list[Job]:

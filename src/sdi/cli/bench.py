@@ -19,7 +19,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="concurrent jobs (default 2)")
     parser.add_argument("--ray", default=None, metavar="ADDRESS", help="run on Ray: 'local', 'auto' or ray://host:port")
     parser.add_argument("--resume", action="store_true", help="skip jobs already ok in OUT/runs.csv")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (2d: 3, 3d: 2, ablations: 1, sd: 1)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (2d: 3, 3d: 2, ablations: 2, sd: 1)")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"steps per run (2d: 50, 3d/ablations: {suites.STEPS_3D}, sd: the preset's 10000)")
     parser.add_argument("--prompts", nargs="+", default=None,

@@ -8,6 +8,7 @@ metrics.json.
 from __future__ import annotations
 
 import json
+import resource
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -136,7 +137,15 @@ def train_run(run_dir: Path, config: RunConfig, resume: bool = False, progress: 
     finally:
         bar.close()
     return {"steps": state.step, "wall_time_s": elapsed(), "denoiser_calls": calls(),
-            "final_loss": info.loss if info else extra.get("final_loss"), "preset": preset.name, "rule": rule.name}
+            "final_loss": info.loss if info else extra.get("final_loss"), "preset": preset.name, "rule": rule.name,
+            "peak_memory_mb": peak_memory_mb()}
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: CUDA allocations on a GPU, else the resident set (Linux maxrss, KiB)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def check_finite(state: TrainState) -> None:
