@@ -15,7 +15,6 @@ train into ``params["runs_dir"]/<job key>/`` (config.json + checkpoint, so ``sdi
 from __future__ import annotations
 
 import math
-import resource
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -24,17 +23,11 @@ from typing import Callable
 import torch
 
 from sdi.bench.runner import Job
+from sdi.train.run import peak_memory_mb
 
 SUITES = ("2d", "3d", "ablations", "sd")
 
 # ----------------------------------------------------------------------------------------------- common
-
-
-def peak_memory_mb() -> float:
-    """Peak memory of this (worker) process: CUDA allocations on a GPU, else the resident set (maxrss)."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def run_dir_of(job: Job) -> Path:
