@@ -434,7 +434,7 @@ TITLES = {"2d": "2D: score distillation vs the DDIM sample (exemplar prior, buil
 
 def _mean(rows, group: str, metric: str) -> dict[str, float]:
     """Mean of ``metric`` per value of ``group`` over ok rows (NaN when none is finite)."""
-    from sdi.bench.report import row_value, summarize
+    from sdi.bench.report import summarize
 
     return {s[group]: s[metric][0] for s in summarize(rows, (group,), [metric])} if rows else {}
 
