@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 
@@ -48,6 +49,21 @@ def test_3d_suite_trains_and_scores_against_ground_truth(tmp_path, multiview_pri
     assert "| sds | 1 | 0 |" in path.read_text()
     with pytest.raises(ValueError):
         suites.grid_3d(tmp_path, objects=("a purple unicorn",))
+
+
+def test_fit_trains_an_unregistered_preset_through_train_run(tmp_path, multiview_prior):
+    from sdi.distill.sds import sds
+    from sdi.train.loop import new_state
+    from sdi.train.run import RunConfig
+
+    config = RunConfig(TINY_PROMPT, "fast", "embedded", 2, 0, TINY_RESOLUTION)
+    preset = replace(config.resolved_preset(), rule=lambda: sds(cfg=3.0), num_samples=16)
+    scene, trained = suites.fit(tmp_path / "run", config, preset)
+    assert trained["steps"] == 2 and trained["denoiser_calls"] == 2 and trained["train_s"] > 0
+    written = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert written["preset"]["rule"] == repr(sds(cfg=3.0)) and written["run"]["preset"] == "fast"
+    initial = new_state(preset, config.seed).scene
+    assert torch.isfinite(scene.field.grid).all() and not torch.equal(scene.field.grid, initial.field.grid)
 
 
 def test_eq8_ablation_inversion_error_is_finite(multiview_prior):

@@ -167,6 +167,17 @@ def test_encode_keeps_gradients(prior):
     assert prior.decode(z.detach()).shape == image.shape
 
 
+def test_resize_to_model_encodes_any_render_size_at_the_model_size(prior):
+    assert prior.image_size == IMAGE_SIZE
+    image = (torch.rand(2, 3, 12, 12) * 2 - 1).requires_grad_()
+    z = with_options(prior, resize_to_model=True).encode(image)
+    upsampled = torch.nn.functional.interpolate(image.detach(), (IMAGE_SIZE, IMAGE_SIZE), mode="bilinear")
+    torch.testing.assert_close(z, prior.encode(upsampled), **TOL)
+    z.square().sum().backward()
+    assert image.grad.abs().sum() > 0
+    assert prior.encode(image.detach()).shape == (2, 4, 6, 6)  # without the option: the image's own size
+
+
 def test_gradient_checkpointed_vae_gives_same_gradients(eps_folder, prior):
     p = load_stable_diffusion(str(eps_folder), "cpu", gradient_checkpointing_vae=True, enable_vae_slicing=True)
     grads = []

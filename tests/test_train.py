@@ -16,10 +16,10 @@ from PIL import Image
 import sdi.io
 import sdi.train.loop as loop
 from sdi.priors.base import CountingDenoiser
-from sdi.train.checkpoint import load_checkpoint
-from sdi.train.loop import TrainingDiverged, new_state, train
-from sdi.train.presets import FAST, PRESETS, cpu_sized
-from sdi.train.run import CHECKPOINT, RunConfig, restore_state, save_state, train_run
+from sdi.train.checkpoint import load_checkpoint, save_checkpoint
+from sdi.train.loop import TrainingDiverged, new_state, train, training_step
+from sdi.train.presets import FAST, PRESETS, SDI_PAPER, cpu_sized
+from sdi.train.run import CHECKPOINT, RunConfig, restore_state, run_device, save_state, train_run
 
 TINY_PROMPT, TINY_RESOLUTION = "a red cube", 16  # as in conftest.py (the multiview_prior fixture)
 
@@ -61,6 +61,61 @@ def test_gpu_presets_shrink_to_cpu_sizes_on_the_embedded_prior():
         RunConfig(TINY_PROMPT, "fast", steps=0).resolved_preset()
     with pytest.raises(ValueError, match="--resolution"):
         RunConfig(TINY_PROMPT, "fast", resolution=2).resolved_preset()
+
+
+def test_speed_options_override_the_preset_and_keep_the_rest():
+    sd = "sd:/weights"
+    config = RunConfig(TINY_PROMPT, "sdi-paper", sd, batch=2, chunk=4096, gradient_checkpointing_vae=True,
+                       compile_unet=True)
+    preset = config.resolved_preset()
+    assert (preset.batch, preset.chunk, preset.resolution, preset.steps) == (2, 4096, 512, SDI_PAPER.steps)
+    options = preset.stable_diffusion
+    assert options.gradient_checkpointing_vae and options.compile_unet
+    assert options.view_dependent_prompts and options.resize_to_model  # the preset's own choices stay
+    assert RunConfig(TINY_PROMPT, "sdi-paper", sd).resolved_preset() == SDI_PAPER
+    for name in ("batch", "chunk"):
+        with pytest.raises(ValueError, match=f"--{name} must be at least 1"):
+            RunConfig(TINY_PROMPT, **{name: 0}).resolved_preset()
+
+
+def test_run_device_defaults_and_one_line_errors(monkeypatch):
+    sd = "sd:/weights"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run_device(RunConfig(TINY_PROMPT)) == run_device(RunConfig(TINY_PROMPT, prior=sd)) == torch.device("cpu")
+    with pytest.raises(ValueError, match="--device cuda needs a CUDA GPU.*use --device cpu"):
+        run_device(RunConfig(TINY_PROMPT, prior=sd, device="cuda"))
+    with pytest.raises(ValueError, match="unknown device 'gpu'"):
+        run_device(RunConfig(TINY_PROMPT, prior=sd, device="gpu"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert run_device(RunConfig(TINY_PROMPT, prior=sd)) == torch.device("cuda")
+    assert run_device(RunConfig(TINY_PROMPT)) == torch.device("cpu")  # the embedded prior stays on the CPU
+    with pytest.raises(ValueError, match="embedded prior runs on the CPU only"):
+        run_device(RunConfig(TINY_PROMPT, device="cuda"))
+    with pytest.raises(ValueError, match="only 1 CUDA device"):
+        run_device(RunConfig(TINY_PROMPT, prior=sd, device="cuda:1"))
+
+
+def test_chunked_render_gives_the_same_training_step(multiview_prior, monkeypatch):
+    renders = []
+    real = loop.render
+
+    def record(*args, **kwargs):
+        renders.append((kwargs["chunk"], real(*args, **kwargs)))
+        return renders[-1][1]
+
+    monkeypatch.setattr(loop, "render", record)
+    states = []
+    for chunk in (None, 37):  # 37 does not divide the 16 x 16 rays: the last chunk is partial
+        preset = tiny(FAST, steps=1, chunk=chunk)
+        states.append(new_state(preset, seed=0))
+        training_step(states[-1], preset, preset.rule(), multiview_prior, TINY_PROMPT)
+    (none, full), (chunk, chunked) = renders
+    assert none is None and chunk == 37
+    torch.testing.assert_close(chunked.rgb, full.rgb)
+    torch.testing.assert_close(chunked.opacity, full.opacity)
+    for a, b in zip(params(states[0]), params(states[1])):
+        torch.testing.assert_close(a, b)
 
 
 # ------------------------------------------------------------------ runs: determinism and resume
@@ -144,13 +199,28 @@ def test_resume_by_driving_the_generator(tmp_path, tiny_preset, multiview_prior)
         next(steps)
     steps.close()
     save_state(tmp_path, first, RunConfig(TINY_PROMPT, "tiny", seed=2), 0.0, 0)
-    resumed, extra = restore_state(tmp_path, preset, seed=99)  # the seed does not matter: the generator is restored
-    assert resumed.step == 4 and extra["config"]["seed"] == 2
+    resumed, extra = restore_state(tmp_path, preset, seed=99, device="cpu")  # the seed does not matter: the
+    assert resumed.step == 4 and extra["config"]["seed"] == 2  # generator is restored; tensors mapped to the CPU
+    assert resumed.scene.device == torch.device("cpu") and resumed.generator.device == torch.device("cpu")
     for _ in train(resumed, preset, rule, multiview_prior, TINY_PROMPT):
         pass
     for a, b in zip(params(whole), params(resumed)):
         assert torch.equal(a, b)
     assert torch.equal(whole.generator.get_state(), resumed.generator.get_state())
+
+
+def test_generator_saved_on_cuda_is_reseeded_deterministically_on_cpu(tmp_path, tiny_preset):
+    """A CUDA generator's state cannot drive a CPU generator: resuming there reseeds it from the saved state."""
+    state = new_state(tiny_preset, seed=0)
+    save_state(tmp_path, state, RunConfig(TINY_PROMPT, "tiny"), 0.0, 0)
+    tensors, meta = load_checkpoint(tmp_path / CHECKPOINT)
+    assert meta["generator_device"] == "cpu"
+    tensors["rng/generator"] = torch.arange(16, dtype=torch.uint8)  # a CUDA (Philox) state: seed and offset
+    save_checkpoint(tmp_path / CHECKPOINT, tensors, {**meta, "generator_device": "cuda"})
+    first, second = (restore_state(tmp_path, tiny_preset, seed=0, device="cpu")[0] for _ in range(2))
+    assert torch.equal(first.generator.get_state(), second.generator.get_state())
+    assert not torch.equal(first.generator.get_state(), state.generator.get_state())
+    assert all(torch.equal(a, b) for a, b in zip(params(first), params(state)))
 
 
 def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, tiny_preset, monkeypatch):

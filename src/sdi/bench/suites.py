@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,29 +35,19 @@ def run_dir_of(job: Job) -> Path:
     return Path(job.params_dict["runs_dir"]) / job.key
 
 
-def fit(run_dir: Path, config, preset) -> tuple[object, dict]:
-    """Train ``preset`` (a ``Preset`` object, possibly unregistered: ablation rules) as ``train_run`` does,
-    without progress bars or intermediate checkpoints; writes config.json and the final checkpoint.
-    Returns the trained scene and metrics; a run that produces NaNs is reported as diverged, not raised."""
-    from sdi.io import atomic_write_json
-    from sdi.priors.base import CountingDenoiser
-    from sdi.train.loop import TrainingDiverged, new_state, train
-    from sdi.train.run import CONFIG, describe, load_prior, save_state
+def fit(run_dir: Path, config, preset) -> tuple[object, dict] | None:
+    """``train_run`` of ``preset`` (a ``Preset`` object, possibly unregistered: ablation rules) without a progress
+    bar. Returns the trained scene (from the final checkpoint) and metrics, or None when the loss became NaN."""
+    from sdi.train.loop import TrainingDiverged
+    from sdi.train.run import restore_state, train_run
 
-    denoiser = CountingDenoiser(load_prior(config, preset))
-    rule, state = preset.rule(), new_state(preset, config.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / CONFIG, {"run": asdict(config), "preset": describe(preset)})
-    start, nan = time.perf_counter(), 0.0
     try:
-        for _ in train(state, preset, rule, denoiser, config.prompt):
-            pass
+        trained = train_run(run_dir, config, progress=False, preset=preset)
     except TrainingDiverged:
-        nan = 1.0
-    elapsed = time.perf_counter() - start
-    if not nan:
-        save_state(run_dir, state, config, elapsed, denoiser.calls)
-    return state.scene, {"train_s": elapsed, "denoiser_calls": denoiser.calls, "nan_loss": nan, "steps": state.step}
+        return None
+    state, _ = restore_state(run_dir, preset, config.seed, trained["device"])
+    return state.scene, {"train_s": trained["wall_time_s"], "denoiser_calls": trained["denoiser_calls"],
+                         "steps": trained["steps"]}
 
 
 # ------------------------------------------------------------------------------------------------- 2d
@@ -304,7 +294,10 @@ def job_3d_rule(job: Job) -> dict:
     p = job.params_dict
     config = RunConfig(job.prompt, "fast", "embedded", int(p["steps"]), job.seed, int(p.get("resolution", 64)))
     preset = replace(config.resolved_preset(), rule=rule)
-    scene, trained = fit(run_dir_of(job), config, preset)
+    fitted = fit(run_dir_of(job), config, preset)
+    if fitted is None:  # NaN loss: a diverged run, not a failed job
+        return {"diverged": 1.0, "ablation": ablation, "peak_memory_mb": peak_memory_mb()}
+    scene, trained = fitted
     quality = evaluate_scene(scene, job.prompt)
     return {**quality, **trained, "ablation": ablation, "peak_memory_mb": peak_memory_mb()}
 
@@ -406,12 +399,15 @@ def job_sd(job: Job) -> dict:
 
         preset = replace(preset, radiance_field=FAST.radiance_field)
     config = RunConfig(job.prompt, "sdi-paper", f"sd:{p['sd']}", preset.steps, job.seed)
-    scene, trained = fit(run_dir_of(job), config, preset)
+    fitted = fit(run_dir_of(job), config, preset)
+    if fitted is None:  # NaN loss: a diverged run, not a failed job
+        return {"diverged": 1.0, "peak_memory_mb": peak_memory_mb()}
+    scene, trained = fitted
     scene.field.eval()
     with torch.no_grad():
         out = render_views(scene, turntable_cameras(int(p["views"]), size=int(p["eval_size"])))
     rgb = torch.nan_to_num(out.rgb.float(), nan=1.0).clamp(0, 1).cpu()
-    diverged = trained["nan_loss"] or out.opacity.float().nan_to_num(0).mean().item() < 0.01
+    diverged = out.opacity.float().nan_to_num(0).mean().item() < 0.01
     clip = load_clip(p["clip"], "cuda" if torch.cuda.is_available() else "cpu")
     scores = {"clip_score": clip_score(clip, rgb, job.prompt).mean().item()}
     scores.update({f"iqa_{k}": 100 * v.mean().item() for k, v in clip_iqa(clip, rgb).items()})

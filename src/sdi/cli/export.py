@@ -6,18 +6,19 @@ import argparse
 import json
 from pathlib import Path
 
-from sdi.cli.generate import export
+from sdi.cli.generate import add_device_argument, export, with_device
 from sdi.io import atomic_write_json
 from sdi.train.run import read_config
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="folder made by `sdi generate`")
+    add_device_argument(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = read_config(args.run_dir)
+    config = with_device(read_config(args.run_dir), args.device)
     written = export(args.run_dir, config)
     metrics_path = args.run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from sdi.io import atomic_write_json
 from sdi.train.presets import PRESETS
-from sdi.train.run import RunConfig, read_config, restore_state, train_run
+from sdi.train.run import RunConfig, read_config, restore_state, run_device, train_run
 
 METHOD_PRESETS = {"sdi": "fast", "sds": "sds", "ism": "ism", "nfsd": "nfsd", "csd": "csd", "sdi-paper": "sdi-paper",
                   "sdi-reference": "sdi-reference"}
@@ -23,11 +24,29 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior", default="embedded", help="'embedded' (default) or sd:PATH")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's steps")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resolution", type=int, default=None, help="override the preset's render resolution")
+    parser.add_argument("--resolution", type=int, default=None,
+                        help="override the preset's render resolution; sd: resizes renders to the model's size "
+                             "(512 for SD 2.1-base), so 128/256/512 trade speed and VRAM for detail")
+    parser.add_argument("--batch", type=int, default=None, help="override the preset's views rendered per step")
+    parser.add_argument("--chunk", type=int, default=None, metavar="RAYS",
+                        help="render this many rays at a time (less transient memory; default: all at once)")
+    parser.add_argument("--vae-checkpointing", dest="gradient_checkpointing_vae", default=None,
+                        action=argparse.BooleanOptionalAction,
+                        help="(sd: only) recompute the VAE's activations in the backward pass: less VRAM")
+    parser.add_argument("--compile-unet", default=None, action=argparse.BooleanOptionalAction,
+                        help="(sd: only) torch.compile the UNet, on CUDA")
+    add_device_argument(parser)
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/<prompt>-s<seed>)")
-    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue a killed run")
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                        help="continue a killed run (with its own settings; only --device may change)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None,
+                        help="(sd: only) cpu, cuda or cuda:N: where the scene and Stable Diffusion run; default "
+                             "cuda if available, else cpu (the embedded prior runs on the CPU)")
 
 
 def config_from(args: argparse.Namespace) -> RunConfig:
@@ -36,15 +55,18 @@ def config_from(args: argparse.Namespace) -> RunConfig:
     if not args.prompt or not args.prompt.strip():
         raise ValueError('empty prompt; try sdi generate "a red cube with white stripes" (`sdi catalog` lists words)')
     preset = args.preset or METHOD_PRESETS[args.method or "sdi"]
-    return RunConfig(args.prompt.strip(), preset, args.prior, args.steps, args.seed, args.resolution)
+    return RunConfig(args.prompt.strip(), preset, args.prior, args.steps, args.seed, args.resolution, args.device,
+                     args.batch, args.chunk, args.gradient_checkpointing_vae, args.compile_unet)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.resume:
-        config, run_dir = read_config(args.resume), args.resume
-        if args.prompt or args.preset or args.method or args.steps is not None or args.resolution is not None:
-            print(f"note: --resume continues {run_dir}/config.json as it is; other arguments are ignored",
-                  file=sys.stderr)
+        config, run_dir = with_device(read_config(args.resume), args.device), args.resume
+        ignored = (args.prompt, args.preset, args.method, args.steps, args.resolution, args.batch, args.chunk,
+                   args.gradient_checkpointing_vae, args.compile_unet)
+        if any(value is not None for value in ignored):
+            print(f"note: --resume continues {run_dir}/config.json as it is; other arguments than --device "
+                  "are ignored", file=sys.stderr)
     else:
         config = config_from(args)
         slug = re.sub(r"[^a-z0-9]+", "-", config.prompt.lower()).strip("-")
@@ -57,10 +79,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_device(config: RunConfig, device: str | None) -> RunConfig:
+    """``config`` moved to ``device`` when one is given (a run may continue or export on another machine)."""
+    return config if device is None else replace(config, device=device)
+
+
 def export(run_dir: Path, config: RunConfig) -> dict:
-    """Rebuild the scene from the checkpoint and write every export."""
+    """Rebuild the scene from the checkpoint on the run's device and write every export."""
     from sdi.export.run_outputs import export_run
 
     preset = config.resolved_preset()
-    state, _ = restore_state(run_dir, preset, config.seed)
+    state, _ = restore_state(run_dir, preset, config.seed, run_device(config))
     return export_run(state.scene, run_dir, min(2 * preset.resolution, 256))

@@ -39,7 +39,7 @@ class NoiseQuery:
         return self.denoiser.alphas_cumprod[self.t].to(self.x0)
 
     def randn(self) -> Tensor:
-        return torch.randn(self.x0.shape, generator=self.generator).to(self.x0)
+        return torch.randn(self.x0.shape, generator=self.generator, device=self.generator.device).to(self.x0)
 
     def eps_fn(self, cfg: float, prompt: str | None = None):
         return eps_fn_for(self.denoiser, self.prompt if prompt is None else prompt, cfg, self.views)

@@ -36,7 +36,7 @@ class RandomT:
     """Highest fraction of the diffusion time."""
 
     def __call__(self, step: int, total: int, num_train: int, generator: torch.Generator) -> Levels:
-        u = torch.rand((), generator=generator).item()
+        u = torch.rand((), generator=generator, device=generator.device).item()
         t = to_level(self.lo + (self.hi - self.lo) * u, num_train)
         return Levels(t, t)
 
@@ -63,7 +63,8 @@ class AnnealedT:
 
     def __call__(self, step: int, total: int, num_train: int, generator: torch.Generator) -> Levels:
         t = self.fraction(step, total)
-        tau = self.tau_max * torch.rand((), generator=generator).item() if self.tau_max > 0 else 0.0
+        u = torch.rand((), generator=generator, device=generator.device).item() if self.tau_max > 0 else 0.0
+        tau = self.tau_max * u
         return Levels(to_level(t, num_train), to_level(t + tau, num_train))
 
 

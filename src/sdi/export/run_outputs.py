@@ -17,8 +17,8 @@ from sdi.train.loop import Scene
 
 @torch.no_grad()
 def render_views(scene: Scene, cameras, num_samples: int = 64, normals: bool = False):
-    """Deterministic renders (no jitter) of ``cameras``."""
-    return render(scene.field, scene.background, cameras, num_samples, "albedo", None, None, None,
+    """Deterministic renders (no jitter) of ``cameras``, on the scene's device."""
+    return render(scene.field, scene.background, cameras.to(scene.device), num_samples, "albedo", None, None, None,
                   chunk=8192, normals="auto" if normals else None, perturb=False)
 
 
@@ -31,10 +31,10 @@ def export_turntable(scene: Scene, out_dir: Path, size: int, frames: int = 36) -
 def export_views(scene: Scene, out_dir: Path, size: int) -> Path:
     """rgb, normals and opacity at the 8 held-out cameras, one row each."""
     with torch.enable_grad():  # normals come from the density's gradient
-        out = render(scene.field, scene.background, held_out_cameras(8, size), 64, "albedo", None, None, None,
-                     chunk=8192, normals="auto", perturb=False)
+        out = render(scene.field, scene.background, held_out_cameras(8, size).to(scene.device), 64, "albedo", None,
+                     None, None, chunk=8192, normals="auto", perturb=False)
     normals = (torch.nn.functional.normalize(out.normals, dim=1) * 0.5 + 0.5) * out.opacity
-    rows = torch.cat([out.rgb, normals, out.opacity.expand(-1, 3, -1, -1)]).detach()
+    rows = torch.cat([out.rgb, normals, out.opacity.expand(-1, 3, -1, -1)]).detach().cpu()
     return save_image(out_dir / "views.png", figure(rows, nrow=8, scale=2))
 
 
@@ -42,7 +42,7 @@ def export_mesh(scene: Scene, out_dir: Path, resolution: int = 128) -> dict[str,
     """GLB/OBJ/PLY by marching cubes with vertex colours; the reason instead when the volume is empty."""
     field = scene.field
     try:
-        mesh = extract_mesh(field.density, lambda p: field(p).albedo, resolution=resolution)
+        mesh = extract_mesh(field.density, lambda p: field(p).albedo, resolution=resolution, device=scene.device)
     except EmptyVolumeError as error:
         return str(error)
     return save_mesh(mesh, out_dir)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from sdi.diffusion.parametrization import eps_from_v
@@ -41,6 +42,9 @@ class StableDiffusionOptions:
     """Append ", front view" / ", side view" / ", back view" / ", overhead view" to every non-empty
     prompt per batch item, from its view direction (DreamFusion); prompts that already name a view
     and the unconditional "" are left alone."""
+    resize_to_model: bool = False
+    """Resize images (bilinear) to the model's own size, ``image_size`` (512 for SD 2.1-base), before encoding,
+    as threestudio does with renders: the render resolution then sets only the render's cost."""
     encode_mode: Literal["mean", "sample"] = "mean"
     """Latent of an image: the VAE posterior mean (deterministic, our default) or a sample from it
     (threestudio's choice; the posterior std of SD's VAE is tiny, so they barely differ)."""
@@ -61,7 +65,8 @@ class StableDiffusionPrior:
     ``predict_eps`` runs every prompt branch in ONE batched UNet call (branches concatenated along
     the batch), with text embeddings computed once per distinct text and cached in
     ``text_embeddings`` (fill it by hand to run without a text encoder). v-prediction models are
-    converted to eps (Salimans & Ho 2022). Outputs come back in the dtype of the input.
+    converted to eps (Salimans & Ho 2022). Outputs come back in the dtype of the input. ``image_size`` is
+    the side of the images the model was trained on: UNet sample size x the VAE's downscale.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class StableDiffusionPrior:
         self._alphas_on_device = self.alphas_cumprod.to(self.device)
         self.prediction_type = prediction_type
         self.options = options
+        self.image_size = unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
         self.scaling_factor = float(vae.config.scaling_factor)
         self.shift_factor = float(getattr(vae.config, "shift_factor", None) or 0.0)
         self.text_embeddings: dict[str, Tensor] = {}
@@ -143,6 +149,9 @@ class StableDiffusionPrior:
         """(B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/8, W/8), differentiable w.r.t. the image."""
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"encode takes (B, 3, H, W) images in [-1, 1], got {tuple(image.shape)}")
+        size = (self.image_size, self.image_size)
+        if self.options.resize_to_model and image.shape[-2:] != size:
+            image = F.interpolate(image, size, mode="bilinear", align_corners=False)
         posterior = self.vae.encode(image.to(self.device, self.vae.dtype)).latent_dist
         z = posterior.mean if self.options.encode_mode == "mean" else posterior.sample()
         return ((z - self.shift_factor) * self.scaling_factor).to(image.dtype)

@@ -7,7 +7,7 @@ azimuth 90 on the +x axis; elevation is the angle above the xz plane.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -36,6 +36,10 @@ class Cameras:
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
+
+    def to(self, device: torch.device | str) -> Cameras:
+        """The same cameras with their tensors on ``device`` (rays are then cast there)."""
+        return replace(self, c2w=self.c2w.to(device), fovy=self.fovy.to(device))
 
     @property
     def positions(self) -> Tensor:
@@ -89,27 +93,28 @@ def view_bin(directions: Tensor) -> list[str]:
     return names
 
 
-def _batch(value: Tensor | float, n: int) -> Tensor:
-    """A scalar or (B,) value as a float32 (n,) tensor."""
-    value = torch.as_tensor(value, dtype=torch.float32)
+def _batch(value: Tensor | float, n: int, device: torch.device) -> Tensor:
+    """A scalar or (B,) value as a float32 (n,) tensor on ``device``."""
+    value = torch.as_tensor(value, dtype=torch.float32, device=device)
     return value.expand(n).clone() if value.ndim == 0 else value
 
 
 def orbit_cameras(
     elevation_deg: Tensor, azimuth_deg: Tensor, distance: Tensor | float, fovy_deg: Tensor | float, size: int
 ) -> Cameras:
-    """Square cameras on spheres around the origin, looking at it; angles (B,) in degrees."""
+    """Square cameras on spheres around the origin, looking at it; angles (B,) in degrees. The cameras live
+    on the device of ``elevation_deg``."""
     elevation = torch.deg2rad(torch.as_tensor(elevation_deg, dtype=torch.float32).reshape(-1))
     azimuth = torch.deg2rad(torch.as_tensor(azimuth_deg, dtype=torch.float32).reshape(-1))
     if elevation.shape != azimuth.shape:
         raise ValueError(f"orbit_cameras needs as many elevations as azimuths, got {len(elevation)} and {len(azimuth)}")
-    n = len(elevation)
-    distance, fovy = _batch(distance, n), torch.deg2rad(_batch(fovy_deg, n))
+    n, device = len(elevation), elevation.device
+    distance, fovy = _batch(distance, n, device), torch.deg2rad(_batch(fovy_deg, n, device))
     back = torch.stack([elevation.cos() * azimuth.sin(), elevation.sin(), elevation.cos() * azimuth.cos()], dim=-1)
     # right is horizontal and tangent to the azimuth circle: well defined even straight overhead.
     right = torch.stack([azimuth.cos(), torch.zeros_like(azimuth), -azimuth.sin()], dim=-1)
     up = torch.linalg.cross(back, right)
-    c2w = torch.eye(4).repeat(n, 1, 1)
+    c2w = torch.eye(4, device=device).repeat(n, 1, 1)
     c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2] = right, up, back
     c2w[:, :3, 3] = back * distance[:, None]
     return Cameras(c2w=c2w, fovy=fovy, height=size, width=size)
@@ -152,11 +157,11 @@ class CameraSampling:
                 raise ValueError(f"CameraSampling.{name} must be (lo, hi) with lo <= hi, got {(lo, hi)}")
 
     def sample(self, batch: int, size: int, generator: torch.Generator) -> Cameras:
-        """``batch`` square cameras with every parameter drawn uniformly from its range."""
+        """``batch`` square cameras with every parameter drawn uniformly from its range, on the generator's device."""
 
         def uniform(bounds: tuple[float, float]) -> Tensor:
             lo, hi = bounds
-            return lo + (hi - lo) * torch.rand(batch, generator=generator)
+            return lo + (hi - lo) * torch.rand(batch, generator=generator, device=generator.device)
 
         elevation, azimuth = uniform(self.elevation_deg), uniform(self.azimuth_deg)
         return orbit_cameras(elevation, azimuth, uniform(self.distance), uniform(self.fovy_deg), size)

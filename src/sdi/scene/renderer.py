@@ -132,10 +132,11 @@ class OccupancyGrid(nn.Module):
         self.register_buffer("mask", torch.ones((resolution,) * 3, dtype=torch.bool))
 
     def cell_centres(self, generator: torch.Generator | None = None) -> Tensor:
-        """(res^3, 3) world positions of the cells, jittered uniformly inside each cell."""
-        r = self.resolution
-        idx = torch.stack(torch.meshgrid(*[torch.arange(r)] * 3, indexing="ij"), -1).view(-1, 3)
-        jitter = torch.rand(idx.shape, generator=generator)
+        """(res^3, 3) world positions of the cells, jittered uniformly inside each cell, on the grid's device
+        (``generator`` must be there too)."""
+        r, device = self.resolution, self.density_ema.device
+        idx = torch.stack(torch.meshgrid(*[torch.arange(r, device=device)] * 3, indexing="ij"), -1).view(-1, 3)
+        jitter = torch.rand(idx.shape, generator=generator, device=device)
         return ((idx + jitter) / r * 2 - 1) * self.bound
 
     @torch.no_grad()
@@ -144,8 +145,7 @@ class OccupancyGrid(nn.Module):
         returns whether it updated. The first call replaces the initial all-occupied state."""
         if step % self.update_every != 0:
             return False
-        dev = self.density_ema.device
-        pts = self.cell_centres(generator).to(dev)
+        pts = self.cell_centres(generator)
         new = torch.cat([density_fn(p) for p in pts.split(65536)]).view(self.density_ema.shape)
         old = self.density_ema
         self.density_ema = torch.where(torch.isinf(old), new, torch.maximum(self.decay * old, new))

@@ -11,7 +11,10 @@ Layout of a checkpoint file:
 
 Restoring modules, optimizers and generator from ``pack_training_state`` output resumes a run
 bit-identically: Adam's moments and step counts, its hyperparameters and the noise stream all
-continue where they stopped.
+continue where they stopped. Tensors load on the CPU and restore into modules and optimizers on any
+device (optimizers place their state as they would have created it); a generator state saved on another
+kind of device (CPU and CUDA streams differ) cannot continue its stream, so such a resume is
+deterministic but not bit-identical (see ``restore_generator``).
 """
 
 from __future__ import annotations
@@ -173,6 +176,7 @@ def pack_training_state(
         "modules": sorted(modules),
         "optimizers": opt_meta,
         "has_generator": generator is not None,
+        "generator_device": generator.device.type if generator is not None else None,
         "extra": extra_meta or {},
     }
     return tensors, meta
@@ -207,10 +211,20 @@ def restore_training_state(
         if generator is not None:
             if _GENERATOR_KEY not in tensors:
                 raise CheckpointError("checkpoint holds no generator state; pass generator=None or start fresh")
-            generator.set_state(tensors[_GENERATOR_KEY])
+            restore_generator(generator, tensors[_GENERATOR_KEY], meta.get("generator_device", "cpu"))
         return int(meta["step"])
     except CheckpointError:
         raise
     except (KeyError, RuntimeError, ValueError) as e:
         msg = str(e).replace("\n", " ").strip()
         raise CheckpointError(f"checkpoint does not match the model being resumed ({msg}); use the same config") from e
+
+
+def restore_generator(generator: torch.Generator, state: Tensor, saved_on: str) -> None:
+    """Continue the saved stream when ``generator`` is on the kind of device it was saved on; otherwise (a CPU
+    checkpoint resumed on CUDA or back) seed ``generator`` from a digest of the saved state, deterministically."""
+    if generator.device.type == saved_on:
+        generator.set_state(state)
+        return
+    digest = hashlib.sha256(state.contiguous().numpy().tobytes()).digest()
+    generator.manual_seed(int.from_bytes(digest[:8], "little"))

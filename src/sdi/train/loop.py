@@ -2,7 +2,8 @@
 
 ``train`` is a generator the caller drives (progress bars, checkpoints, stopping are the caller's).
 All randomness comes from one ``torch.Generator``, so a run is deterministic on the CPU and a
-resumed run continues exactly where the killed one stopped.
+resumed run continues exactly where the killed one stopped. The scene, the generator and every
+tensor of a step live on one device: the prior's.
 """
 
 from __future__ import annotations
@@ -44,12 +45,18 @@ class Scene:
     def modules(self) -> dict[str, nn.Module]:
         return {"field": self.field, "background": self.background, "occupancy": self.occupancy}
 
+    @property
+    def device(self) -> torch.device:
+        """Where the scene's tensors live."""
+        return self.occupancy.mask.device
 
-def build_scene(preset: Preset) -> Scene:
-    """A fresh scene for ``preset`` (parameters drawn from torch's default generator: seed it first)."""
+
+def build_scene(preset: Preset, device: torch.device | str = "cpu") -> Scene:
+    """A fresh scene for ``preset`` on ``device`` (parameters drawn on the CPU from torch's default generator,
+    so they do not depend on the device: seed it first)."""
     cfg = preset.radiance_field
     field_module = GridField(cfg) if isinstance(cfg, GridFieldConfig) else HashGridField(cfg)
-    return Scene(field_module, SolidBackground(), OccupancyGrid())
+    return Scene(field_module.to(device), SolidBackground().to(device), OccupancyGrid().to(device))
 
 
 @dataclass
@@ -63,13 +70,13 @@ class TrainState:
     rule_state: dict = field(default_factory=dict)
 
 
-def new_state(preset: Preset, seed: int) -> TrainState:
-    """Seeded initial state: the same seed gives the same run."""
+def new_state(preset: Preset, seed: int, device: torch.device | str = "cpu") -> TrainState:
+    """Seeded initial state on ``device``: the same seed gives the same run."""
     torch.manual_seed(seed)
-    scene = build_scene(preset)
+    scene = build_scene(preset, device)
     params = [p for m in (scene.field, scene.background) for p in m.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=preset.lr, betas=(0.9, 0.99), eps=1e-15)
-    return TrainState(scene, optimizer, torch.Generator().manual_seed(seed))
+    return TrainState(scene, optimizer, torch.Generator(scene.device).manual_seed(seed))
 
 
 @dataclass(frozen=True)
@@ -85,7 +92,7 @@ class StepInfo:
 
 def sample_shading(preset: Preset, generator: torch.Generator) -> str:
     """DreamFusion's random choice among albedo / lambertian / textureless."""
-    u, total = torch.rand((), generator=generator).item(), 0.0
+    u, total = torch.rand((), generator=generator, device=generator.device).item(), 0.0
     for mode, probability in preset.shading:
         total += probability
         if u < total:
@@ -95,7 +102,7 @@ def sample_shading(preset: Preset, generator: torch.Generator) -> str:
 
 def sample_lights(cameras, generator: torch.Generator) -> Tensor:
     """A point light near each camera (DreamFusion), (B, 3)."""
-    offset = torch.randn((len(cameras), 3), generator=generator) * 0.5
+    offset = torch.randn((len(cameras), 3), generator=generator, device=generator.device) * 0.5
     return cameras.positions * 1.2 + offset
 
 
@@ -119,7 +126,8 @@ def training_step(state: TrainState, preset: Preset, rule: Rule, denoiser: Denoi
     cameras = preset.cameras.sample(preset.batch, preset.resolution, g)
     shading = sample_shading(preset, g)
     lights = sample_lights(cameras, g) if shading != "albedo" else None
-    out = render(scene.field, scene.background, cameras, preset.num_samples, shading, lights, g, scene.occupancy)
+    out = render(scene.field, scene.background, cameras, preset.num_samples, shading, lights, g, scene.occupancy,
+                 chunk=preset.chunk)
     latent = denoiser.encode(out.rgb * 2 - 1)
     update = distill_step(rule, denoiser, latent, state.step, preset.steps, prompt, g, state.rule_state,
                           cameras.view_directions())

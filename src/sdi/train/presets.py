@@ -15,6 +15,7 @@ from sdi.distill.nfsd import nfsd
 from sdi.distill.rule import Rule
 from sdi.distill.sdi import sdi_paper, sdi_reference
 from sdi.distill.sds import sds
+from sdi.priors.stable_diffusion import StableDiffusionOptions
 from sdi.scene.cameras import CameraSampling
 from sdi.scene.fields import GridFieldConfig, HashGridFieldConfig
 
@@ -66,9 +67,13 @@ class Preset:
     batch: int = 2
     """Views rendered per step."""
     resolution: int = 64
-    """Render (and prior) resolution."""
+    """Render resolution (and the embedded prior's). Stable Diffusion gets the render resized to its own size
+    (``stable_diffusion.resize_to_model``), so 128 / 256 / 512 trade render time and memory for detail."""
     num_samples: int = 48
     """Samples per ray."""
+    chunk: int | None = None
+    """Rays rendered at a time, bounding the renderer's transient memory (every chunk stays in the autograd
+    graph); None renders all rays at once."""
     radiance_field: GridFieldConfig | HashGridFieldConfig = field(default_factory=GridFieldConfig)
     """Radiance field: dense grid (CPU default) or hash grid."""
     cameras: CameraSampling = field(
@@ -83,6 +88,9 @@ class Preset:
     """Steps between checkpoints (and at the end)."""
     view_conditioning: Literal["kernel", "bins"] = "kernel"
     """Embedded prior: vMF kernel over view direction, or the coarse front/side/back/overhead bins."""
+    stable_diffusion: StableDiffusionOptions = StableDiffusionOptions(view_dependent_prompts=True, resize_to_model=True)
+    """How a Stable Diffusion prior (``--prior sd:PATH``) runs: view-dependent prompts, renders resized to the
+    model's size, VAE gradient checkpointing, torch.compile of the UNet; the embedded prior ignores it."""
 
 
 FAST = Preset("fast", lambda: sdi_paper())

@@ -42,21 +42,61 @@ class RunConfig:
     """Seed of everything random in the run."""
     resolution: int | None = None
     """Override of the preset's render (and embedded prior) resolution."""
+    device: str | None = None
+    """Where the scene and Stable Diffusion run ('cpu', 'cuda', 'cuda:1'); None: CUDA when available for an
+    sd: prior, else the CPU. The embedded prior runs on the CPU only."""
+    batch: int | None = None
+    """Override of the preset's views per step."""
+    chunk: int | None = None
+    """Override of the preset's rays rendered at a time."""
+    gradient_checkpointing_vae: bool | None = None
+    """Override of the preset's VAE gradient checkpointing (sd: only)."""
+    compile_unet: bool | None = None
+    """Override of the preset's torch.compile of the UNet (sd: only; CUDA only)."""
 
     def resolved_preset(self) -> Preset:
         """The preset with overrides applied; GPU-sized presets shrink to CPU sizes on the embedded prior."""
         preset = get_preset(self.preset)
         if self.prior == "embedded" and preset.resolution > 128:
             preset = cpu_sized(preset)
-        if self.steps is not None:
-            if self.steps < 1:
-                raise ValueError(f"--steps must be positive, got {self.steps}")
-            preset = replace(preset, steps=self.steps)
-        if self.resolution is not None:
-            if self.resolution < 8:
-                raise ValueError(f"--resolution must be at least 8 pixels, got {self.resolution}")
-            preset = replace(preset, resolution=self.resolution)
-        return preset
+        return self.with_overrides(preset)
+
+    def with_overrides(self, preset: Preset) -> Preset:
+        """``preset`` with the overrides this config gives; a one-line error for a count below its minimum."""
+        least = {"steps": 1, "resolution": 8, "batch": 1, "chunk": 1}
+        given = {name: getattr(self, name) for name in least if getattr(self, name) is not None}
+        for name, value in given.items():
+            if value < least[name]:
+                raise ValueError(f"--{name} must be at least {least[name]}, got {value}")
+        sd_names = ("gradient_checkpointing_vae", "compile_unet")
+        sd = {name: getattr(self, name) for name in sd_names if getattr(self, name) is not None}
+        return replace(preset, **given, stable_diffusion=replace(preset.stable_diffusion, **sd))
+
+
+def run_device(config: RunConfig) -> torch.device:
+    """The device of ``config``'s scene and prior; a one-line error for a device this machine or prior lacks."""
+    if config.device is None:
+        return torch.device("cuda" if config.prior.startswith("sd:") and torch.cuda.is_available() else "cpu")
+    device = parse_device(config.device)
+    if config.prior == "embedded" and device.type != "cpu":
+        raise ValueError("the embedded prior runs on the CPU only; drop --device or use --prior sd:PATH")
+    return device
+
+
+def parse_device(spec: str) -> torch.device:
+    """``spec`` ('cpu', 'cuda', 'cuda:N') as a device this machine has, or a one-line error."""
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"unknown device {spec!r}; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {spec!r}; use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {spec} needs a CUDA GPU, but torch {torch.__version__} sees none; "
+                         "use --device cpu or install a CUDA build of torch")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {spec}: this machine has only {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def load_prior(config: RunConfig, preset: Preset) -> Denoiser:
@@ -68,8 +108,7 @@ def load_prior(config: RunConfig, preset: Preset) -> Denoiser:
     if config.prior.startswith("sd:"):
         from sdi.priors.stable_diffusion import load_stable_diffusion
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return load_stable_diffusion(config.prior[3:], device=device, view_dependent_prompts=True)
+        return load_stable_diffusion(config.prior[3:], device=run_device(config), options=preset.stable_diffusion)
     raise ValueError(f"unknown prior {config.prior!r}; use 'embedded' or sd:PATH")
 
 
@@ -85,13 +124,15 @@ def save_state(
     save_checkpoint(run_dir / CHECKPOINT, tensors, meta)
 
 
-def restore_state(run_dir: Path, preset: Preset, seed: int) -> tuple[TrainState, dict]:
-    """The state saved in RUN_DIR's checkpoint (raises CheckpointError on a bad file)."""
+def restore_state(
+    run_dir: Path, preset: Preset, seed: int, device: torch.device | str = "cpu"
+) -> tuple[TrainState, dict]:
+    """The state saved in RUN_DIR's checkpoint, mapped to ``device`` (raises CheckpointError on a bad file)."""
     tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
-    state = new_state(preset, seed)
+    state = new_state(preset, seed, device)
     plain = {k: v for k, v in tensors.items() if not k.startswith("rule_state/")}
     state.step = restore_training_state(plain, meta, state.scene.modules(), {"adam": state.optimizer}, state.generator)
-    state.rule_state = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("rule_state/")}
+    state.rule_state = {k.split("/", 1)[1]: v.to(device) for k, v in tensors.items() if k.startswith("rule_state/")}
     return state, meta["extra"]
 
 
@@ -107,15 +148,20 @@ def read_config(run_dir: Path) -> RunConfig:
                          "restore it or start a new run") from None
 
 
-def train_run(run_dir: Path, config: RunConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Train (or continue) the run in ``run_dir``; returns the training metrics."""
-    preset = config.resolved_preset()
+def train_run(
+    run_dir: Path, config: RunConfig, resume: bool = False, progress: bool = True, preset: Preset | None = None
+) -> dict:
+    """Train (or continue) the run in ``run_dir`` on ``run_device(config)``; returns the training metrics.
+    ``preset``: a Preset object to train as it is (e.g. an unregistered ablation rule) instead of
+    ``config.resolved_preset()``; config.json then names the config's preset but describes this one."""
+    preset = preset if preset is not None else config.resolved_preset()
+    device = run_device(config)
     denoiser = CountingDenoiser(load_prior(config, preset))
     rule = preset.rule()
     if resume and (run_dir / CHECKPOINT).exists():
-        state, extra = restore_state(run_dir, preset, config.seed)
+        state, extra = restore_state(run_dir, preset, config.seed, device)
     else:
-        state, extra = new_state(preset, config.seed), {"elapsed_s": 0.0, "denoiser_calls": 0}
+        state, extra = new_state(preset, config.seed, device), {"elapsed_s": 0.0, "denoiser_calls": 0}
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / CONFIG, {"run": asdict(config), "preset": describe(preset)})
     start, info = time.perf_counter(), None
@@ -138,13 +184,15 @@ def train_run(run_dir: Path, config: RunConfig, resume: bool = False, progress: 
         bar.close()
     return {"steps": state.step, "wall_time_s": elapsed(), "denoiser_calls": calls(),
             "final_loss": info.loss if info else extra.get("final_loss"), "preset": preset.name, "rule": rule.name,
-            "peak_memory_mb": peak_memory_mb()}
+            "device": str(device), "peak_memory_mb": peak_memory_mb(device)}
 
 
-def peak_memory_mb() -> float:
-    """Peak memory of this process: CUDA allocations on a GPU, else the resident set (Linux maxrss, KiB)."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
+def peak_memory_mb(device: torch.device | None = None) -> float:
+    """Peak memory of this process: CUDA allocations on a CUDA ``device`` (default: whenever CUDA is available),
+    else the resident set (Linux maxrss, KiB)."""
+    on_cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+    if on_cuda:
+        return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -163,4 +211,5 @@ def describe(preset: Preset) -> dict:
             "resolution": preset.resolution, "num_samples": preset.num_samples,
             "radiance_field": repr(preset.radiance_field), "cameras": repr(preset.cameras),
             "shading": preset.shading, "checkpoint_every": preset.checkpoint_every,
-            "view_conditioning": preset.view_conditioning}
+            "view_conditioning": preset.view_conditioning, "chunk": preset.chunk,
+            "stable_diffusion": asdict(preset.stable_diffusion)}
