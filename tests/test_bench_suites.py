@@ -25,16 +25,28 @@ from sdi.priors.exemplar import ExemplarPrior
 def test_2d_suite_via_cli_writes_csv_and_report(tmp_path):
     out = tmp_path / "b2d"
     argv = ["bench", "2d", "--out", str(out), "--seeds", "1", "--steps", "4", "--prompts", "checker",
-            "--methods", "ddim", "sdi", "--quiet"]
+            "--methods", "ddim", "sdi", "--prior", "exemplar", "--quiet"]
     assert main(argv) == 0
     rows = read_runs(out / "runs.csv")
     assert sorted(r["method"] for r in rows.values()) == ["ddim", "sdi"]
     assert all(r["status"] == "ok" for r in rows.values())
     sdi = next(r for r in rows.values() if r["method"] == "sdi")
-    assert sdi["distance_to_ddim"] < 1e-4  # SDI on the DDIM grid retraces DDIM (paper Sec. 4)
+    assert sdi["distance_to_ddim"] < 1e-4  # on whole exemplars, SDI on the DDIM grid retraces DDIM
+    assert sdi["distance_to_prior"] < 1e-4  # ... and so lands on an exemplar
     report = (out / "report.md").read_text()
     assert "| sdi | 1 | 0 |" in report and "sdi bench 2d" in report and "Wall time" in report
     assert (out / "bar_distance_to_ddim.png").is_file()
+
+
+def test_2d_suite_on_the_patch_prior_measures_blur_off_the_prior(tmp_path):
+    jobs = suites.grid_2d(prompts=("stripes",), seeds=1, steps=6, methods=("ddim", "sds", "sdi-cached"), size=16)
+    assert {job.params_dict["prior"] for job in jobs} == {"patches"}
+    rows = {job.method: suites.job_2d(job) for job in jobs}  # in-process
+    assert rows["ddim"]["distance_to_prior"] < 1e-3  # DDIM lands on a quilt of the class's tiles
+    assert rows["sdi-cached"]["distance_to_ddim"] < 1e-5
+    assert rows["sds"]["distance_to_prior"] > 0.01  # six SDS steps leave an average of tiles, not a quilt
+    with pytest.raises(ValueError, match="unknown 2D prior"):
+        suites.grid_2d(prior="gaussian")
 
 
 def test_3d_suite_trains_and_scores_against_ground_truth(tmp_path, multiview_prior):

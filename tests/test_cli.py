@@ -60,6 +60,14 @@ def test_2d_rejects_an_empty_prompt(capsys, tmp_path, prompt):
     assert "empty --prompt" in error_line(capsys, [*TWOD, "--prompt", prompt, "--out", str(tmp_path / "o")])
 
 
+@pytest.mark.parametrize("args, words", [(["--prior", "gaussian"], ["gaussian", "patches", "exemplar", "sd:PATH"]),
+                                         (["--patch", "5"], ["patch size 5", "16x16"])])
+def test_2d_bad_prior_or_patch_size(capsys, tmp_path, args, words):
+    line = error_line(capsys, [*TWOD, *args, "--out", str(tmp_path / "o")])
+    assert all(word in line for word in words), line
+    assert not (tmp_path / "o").exists()
+
+
 def test_2d_images_empty_folder(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     line = error_line(capsys, [*TWOD, "--images", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
@@ -103,6 +111,7 @@ def test_2d_all_writes_a_comparison(capsys, tmp_path):
     assert set(metrics) == set(ALL_METHODS)
     assert metrics["ddim"]["distance_to_ddim"] == 0.0
     assert metrics["sdi-cached"]["distance_to_ddim"] < 1e-5  # cached kappa is DDIM (test_distill.py)
+    assert metrics["ddim"]["distance_to_prior"] < 1e-3  # the default patch prior's DDIM sample is one of its quilts
     for method in ALL_METHODS:
         assert (out / method / "final.png").is_file() and (out / method / "metrics.json").is_file()
     printed = capsys.readouterr().out

@@ -26,7 +26,24 @@ from sdi.distill.rule import Rule, distill_step
 from sdi.distill.sdi import sdi_cached, sdi_grid
 from sdi.distill.sds import sds
 from sdi.distill.timesteps import GridT
+from sdi.metrics import detail_ratio, l2_distance
 from sdi.priors.base import CountingDenoiser, Denoiser
+from sdi.priors.exemplar import ExemplarPrior
+from sdi.priors.patch_exemplar import PatchExemplarPrior
+
+
+PRIORS_2D = ("patches", "exemplar")
+"""Built-in 2D priors over an image set: the patch exemplar prior (default) and the whole-image one."""
+
+
+def image_prior(name: str, images: Tensor, labels: list[str], patch: int = 8) -> ExemplarPrior:
+    """The closed-form prior ``name`` over ``images``: "patches" quilts ``patch``-pixel tiles (its denoiser
+    averages over many sharp images at high noise, like a real model's), "exemplar" keeps whole images."""
+    if name == "patches":
+        return PatchExemplarPrior(images, labels, patch)
+    if name == "exemplar":
+        return ExemplarPrior(images, labels)
+    raise ValueError(f"unknown prior {name!r}; use {', '.join(PRIORS_2D)} or sd:PATH")
 
 
 @dataclass(frozen=True)
@@ -126,6 +143,25 @@ def run_rule(
         "eq8_residual": sum(residuals) / max(len(residuals), 1),
     }
     return Result2D(rule.name, x0, snaps, metrics)
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """[-1, 1] -> [0, 1]."""
+    return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def measure(denoiser: Denoiser, prompt: str, result: Tensor, ddim: Tensor) -> dict[str, float]:
+    """How a result compares with the DDIM sample of the same seed, on decoded images in [0, 1]: RMS distance,
+    detail (high-frequency energy ratio), and, for the closed-form priors, the RMS distance to the prior's
+    nearest sample (0 = a sharp sample of the prior; a blurred one is off its support)."""
+    with torch.no_grad():
+        image, reference = to_unit(denoiser.decode(result)), to_unit(denoiser.decode(ddim))
+    metrics = {"distance_to_ddim": l2_distance(image, reference).mean().item(),
+               "detail_vs_ddim": detail_ratio(image, reference).mean().item()}
+    if isinstance(denoiser, ExemplarPrior):
+        nearest = to_unit(denoiser.project(result, prompt))
+        metrics["distance_to_prior"] = l2_distance(image, nearest).mean().item()
+    return metrics
 
 
 def run_method(

@@ -27,6 +27,8 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", nargs="+", default=None, help="subset of the suite's methods")
     parser.add_argument("--resolution", type=int, default=None,
                         help=f"render size override (3d, sd; ablations default {suites.ABLATION_RESOLUTION})")
+    parser.add_argument("--prior", default=None, choices=("patches", "exemplar"),
+                        help="2d: closed-form prior over the built-in set (default patches)")
     parser.add_argument("--sd", default=None, metavar="PATH", help="local Stable Diffusion folder (sd suite)")
     parser.add_argument("--clip", default=None, metavar="PATH", help="local CLIP folder (sd suite)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -44,6 +46,7 @@ def build_jobs(args: argparse.Namespace, out: Path) -> list:
     runs = out / "runs"
     if args.suite == "2d":
         return suites.grid_2d(**kw, **({"prompts": args.prompts} if args.prompts else {}),
+                              **({"prior": args.prior} if args.prior else {}),
                               **({"methods": args.methods} if args.methods else {}))
     if args.suite == "3d":
         return suites.grid_3d(runs, **kw, **({"objects": args.prompts} if args.prompts else {}),
@@ -60,7 +63,7 @@ def build_jobs(args: argparse.Namespace, out: Path) -> list:
 def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run (from the parsed options, so it is right when called from Python)."""
     words = ["sdi", "bench", args.suite]
-    for name in ("out", "workers", "ray", "seeds", "steps", "resolution", "sd", "clip"):
+    for name in ("out", "workers", "ray", "seeds", "steps", "resolution", "prior", "sd", "clip"):
         value = getattr(args, name)
         if value is not None:
             words += [f"--{name}", str(value)]
@@ -77,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("workers", "seeds", "steps", "resolution"):
         positive(name, getattr(args, name))
     out = args.out or Path("out") / f"bench-{args.suite}"
+    if args.prior and args.suite != "2d":
+        raise ValueError("--prior is an option of the 2d suite (the 3d ones use the embedded prior, sd uses --sd)")
     jobs = build_jobs(args, out)
     command = command_line(args)
     start = time.perf_counter()

@@ -12,9 +12,8 @@ from sdi.data.builtin import DEFAULT_LABEL, builtin_images
 from sdi.data.folder import load_image_folder
 from sdi.export.figures import figure
 from sdi.io import atomic_write_json, save_image
-from sdi.metrics import high_frequency_energy, l2_distance
 from sdi.priors.exemplar import ExemplarPrior
-from sdi.twod import ALL_METHODS, Result2D, run_method
+from sdi.twod import ALL_METHODS, PRIORS_2D, Result2D, image_prior, measure, run_method, to_unit
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -23,9 +22,12 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cfg", type=float, default=7.5, help="forward guidance scale (default 7.5)")
     parser.add_argument("--steps", type=int, default=50, help="number of steps (default 50)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=64, help="image size of the built-in set (default 64)")
+    parser.add_argument("--size", type=int, default=32, help="image size of the built-in set (default 32)")
     parser.add_argument("--images", type=Path, default=None, help="folder of images (subfolders = labels)")
-    parser.add_argument("--prior", default="exemplar", help="'exemplar' (default) or sd:PATH for Stable Diffusion")
+    parser.add_argument("--prior", default="patches",
+                        help="closed-form prior over the images: 'patches' (default: quilts of exemplar tiles, "
+                             "which SDS blurs like a real model), 'exemplar' (whole images); or sd:PATH")
+    parser.add_argument("--patch", type=int, default=8, help="tile size of the 'patches' prior (default 8)")
     parser.add_argument("--out", type=Path, default=Path("out/2d"), help="output folder (default out/2d)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
@@ -37,25 +39,10 @@ def load_prior(args: argparse.Namespace):
         from sdi.priors.stable_diffusion import load_stable_diffusion
 
         return load_stable_diffusion(args.prior[3:], device="cuda" if torch.cuda.is_available() else "cpu")
-    if args.prior != "exemplar":
-        raise ValueError(f"unknown prior {args.prior!r}; use 'exemplar' or sd:PATH")
+    if args.prior not in PRIORS_2D:
+        raise ValueError(f"unknown prior {args.prior!r}; use {', '.join(PRIORS_2D)} or sd:PATH")
     images, labels = load_image_folder(args.images, args.size) if args.images else builtin_images(args.size)
-    return ExemplarPrior(images, labels)
-
-
-def to_unit(x: Tensor) -> Tensor:
-    """[-1, 1] -> [0, 1]."""
-    return ((x.float() + 1) / 2).clamp(0, 1)
-
-
-def compare(prior, results: dict[str, Result2D]) -> None:
-    """Distance to the DDIM sample and detail relative to it (on decoded images), into each result's metrics."""
-    reference = decoded(prior, results["ddim"].image)
-    ref_energy = high_frequency_energy(reference)
-    for result in results.values():
-        image = decoded(prior, result.image)
-        result.metrics["distance_to_ddim"] = l2_distance(image, reference).mean().item()
-        result.metrics["detail_vs_ddim"] = (high_frequency_energy(image) / ref_energy).mean().item()
+    return image_prior(args.prior, images, labels, args.patch)
 
 
 def decoded(prior, x: Tensor) -> Tensor:
@@ -75,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     # Check the arguments before building the prior (seconds for the built-in set).
     if args.steps < 2:
         raise ValueError(f"--steps must be at least 2, got {args.steps}")
-    prompt = args.prompt if args.prompt is not None else (DEFAULT_LABEL if args.prior == "exemplar" else "")
+    prompt = args.prompt if args.prompt is not None else ("" if args.prior.startswith("sd:") else DEFAULT_LABEL)
     if not prompt.strip():
         raise ValueError("empty --prompt; give a label of the prior (see its list in the error for an unknown one)")
     prior = load_prior(args)
@@ -83,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     shape = tuple(prior.encode(torch.zeros(1, 3, args.size, args.size)).shape)
     methods = list(ALL_METHODS) if args.method == "all" else ["ddim", args.method]
     results = {m: run_method(prior, m, prompt, args.cfg, args.steps, args.seed, shape, not args.quiet) for m in methods}
-    compare(prior, results)
+    for result in results.values():
+        result.metrics.update(measure(prior, prompt, result.image, results["ddim"].image))
     info = {"prompt": prompt, "seed": args.seed, "steps": args.steps, "cfg": args.cfg}
     shown = results if args.method == "all" else {args.method: results[args.method]}
     for name, result in shown.items():
@@ -94,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         atomic_write_json(args.out / "metrics.json", {m: {**info, **r.metrics} for m, r in results.items()})
     for name, result in shown.items():
         m = result.metrics
-        print(f"{name:>13}: distance to DDIM {m['distance_to_ddim']:.4f}  detail {m['detail_vs_ddim']:.3f}  "
+        off = f"  off the prior {m['distance_to_prior']:.4f}" if "distance_to_prior" in m else ""
+        print(f"{name:>13}: distance to DDIM {m['distance_to_ddim']:.4f}  detail {m['detail_vs_ddim']:.3f}{off}  "
               f"{m['denoiser_calls']} denoiser calls  {m['wall_time_s']:.2f} s")
     print(f"wrote {args.out}")
     return 0

@@ -76,6 +76,12 @@ class ExemplarPrior:
         weights = torch.softmax(logits + self.log_prior(idx, views), dim=1)
         return (weights @ self.flat[idx]).reshape(x_t.shape)
 
+    def project(self, x: Tensor, prompt: str) -> Tensor:
+        """The nearest sample of the prior: the nearest image of ``prompt`` to each x (B, C, H, W)."""
+        idx = self.members(prompt)
+        nearest = torch.cdist(x.double().flatten(1), self.flat[idx]).argmin(1)
+        return self.images[idx][nearest].to(x.dtype)
+
     def predict_eps(self, x_t: Tensor, t: Tensor, prompts: Sequence[str], views: Tensor | None = None) -> Tensor:
         """eps = (x_t - sqrt(a) E[x0 | x_t]) / sqrt(1 - a), one prediction per prompt."""
         alpha = self.alphas_cumprod[t.long().cpu()].to(torch.float64).expand(x_t.shape[0])
