@@ -31,7 +31,6 @@ from sdi.priors.base import CountingDenoiser, Denoiser
 from sdi.priors.exemplar import ExemplarPrior
 from sdi.priors.patch_exemplar import PatchExemplarPrior
 
-
 PRIORS_2D = ("patches", "exemplar")
 """Built-in 2D priors over an image set: the patch exemplar prior (default) and the whole-image one."""
 
@@ -170,7 +169,7 @@ def run_method(
     """Run one named method ("ddim" or a key of METHODS_2D) from the seed's noise."""
     if steps < 2:
         raise ValueError(f"--steps must be at least 2, got {steps}")
-    z = seed_noise(shape, seed)
+    z = seed_noise(shape, seed).to(getattr(denoiser, "device", "cpu"))  # drawn on the CPU: same on any device
     if method == "ddim":
         return run_ddim(denoiser, prompt, cfg, steps, z, progress)
     if method not in METHODS_2D:

@@ -47,7 +47,7 @@ def load_prior(args: argparse.Namespace):
 
 def decoded(prior, x: Tensor) -> Tensor:
     with torch.no_grad():
-        return to_unit(prior.decode(x))
+        return to_unit(prior.decode(x)).cpu()
 
 
 def write_result(prior, result: Result2D, out: Path, info: dict) -> None:
