@@ -79,6 +79,55 @@ def test_detail_ratio_and_high_frequency_energy():
     assert metrics.high_frequency_energy(flat).item() == pytest.approx(0.0, abs=1e-12)
 
 
+def _object_scene(seed=0):
+    """Textured 32x32 images with a 16x16 object mask in the middle (pixels 8..23)."""
+    img = _images(h=32, w=32, seed=seed)
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    return img, mask
+
+
+def test_masked_detail_ratio_ignores_everything_outside_the_mask():
+    img, mask = _object_scene()
+    render = img.clone()
+    speckle = torch.rand(render.shape, generator=torch.Generator().manual_seed(3))
+    render = torch.where(mask.bool(), render, speckle)  # floaters and speckle outside the object only
+    assert torch.allclose(metrics.masked_detail_ratio(render, img, mask), torch.ones(2), atol=1e-6)
+    assert (metrics.detail_ratio(render, img) != 1).all()  # the unmasked ratio counts the speckle
+    blurred = torch.where(mask.bool(), metrics.gaussian_blur(img, 2.0), img)  # blur inside only
+    assert (metrics.masked_detail_ratio(blurred, img, mask) < 0.5).all()
+    # With less erosion than the blur radius the silhouette step leaks in (white outside vs texture inside).
+    white = torch.where(mask.bool(), img, torch.ones_like(img))
+    assert torch.allclose(metrics.masked_detail_ratio(white, img, mask), torch.ones(2), atol=1e-6)
+    assert (metrics.masked_detail_ratio(white, img, mask, erode=1) != 1).all()
+
+
+def test_masked_detail_ratio_with_a_full_mask_is_the_detail_ratio():
+    img, _ = _object_scene()
+    other = metrics.gaussian_blur(img, 0.7)
+    full = torch.ones(2, 1, 32, 32)
+    for erode in (None, 0, 2):  # the image border does not erode
+        assert torch.allclose(metrics.masked_detail_ratio(other, img, full, erode=erode),
+                              metrics.detail_ratio(other, img), rtol=1e-5)
+    assert torch.allclose(metrics.high_frequency_energy(img, mask=full), metrics.high_frequency_energy(img))
+
+
+def test_erode_mask_and_masked_validation():
+    img, mask = _object_scene()
+    assert torch.equal(metrics.erode_mask(mask, 0), mask)
+    eroded = metrics.erode_mask(mask * 0.6, 3)  # soft masks are thresholded at 0.5 first
+    assert eroded.sum().item() == 2 * 10 * 10 and eroded[..., 11:21, 11:21].all()  # 16 - 2 * 3 pixels wide
+    assert metrics.masked_detail_ratio(img, img, mask, erode=8).isnan().all()  # nothing left inside
+    with pytest.raises(ValueError, match=r"mask must be a \(B, 1, H, W\) mask, got \(2, 3, 32, 32\)"):
+        metrics.masked_detail_ratio(img, img, img)
+    with pytest.raises(ValueError, match="does not match images"):
+        metrics.masked_detail_ratio(img, img, mask[..., :16])
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.masked_detail_ratio(img, img[:1], mask)
+    with pytest.raises(ValueError, match="non-negative whole number"):
+        metrics.erode_mask(mask, -1)
+
+
 def test_saturation_error_and_l2():
     gray = torch.full((1, 3, 4, 4), 0.5)
     red = torch.zeros(1, 3, 4, 4)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import TINY_PROMPT, TINY_RESOLUTION  # the session's cached tiny prior
 from sdi.bench import suites
-from sdi.bench.runner import read_runs
+from sdi.bench.runner import read_runs, write_runs
 from sdi.cli.main import main
 from sdi.data.builtin import builtin_images
 from sdi.distill.csd import csd
@@ -53,14 +55,37 @@ def test_3d_suite_trains_and_scores_against_ground_truth(tmp_path, multiview_pri
     jobs = suites.grid_3d(tmp_path / "runs", objects=(TINY_PROMPT,), seeds=1, steps=3, methods=("sds",),
                           resolution=TINY_RESOLUTION)
     rows = [{"status": "ok", "method": "sds", "prompt": TINY_PROMPT, **suites.job_3d(jobs[0])}]  # in-process
-    for metric in ("psnr", "ssim", "mask_iou", "detail_ratio", "saturation_error", "peak_memory_mb", "train_s"):
+    for metric in ("psnr", "ssim", "mask_iou", "detail_ratio", "masked_detail_ratio", "saturation_error",
+                   "peak_memory_mb", "train_s"):
         assert math.isfinite(rows[0][metric]), metric
     assert rows[0]["diverged"] in (0.0, 1.0) and rows[0]["denoiser_calls"] == 3
     assert (tmp_path / "runs" / jobs[0].key / "checkpoint.safetensors").is_file()
     path = suites.write_suite_report("3d", rows, tmp_path, "sdi bench 3d", 1.0, 1)
-    assert "| sds | 1 | 0 |" in path.read_text()
+    assert "| sds | 1 | 0 |" in path.read_text() and "masked_detail_ratio" in path.read_text()
     with pytest.raises(ValueError):
         suites.grid_3d(tmp_path, objects=("a purple unicorn",))
+
+    # benchmarks/rescore_3d.py: the same numbers again from the checkpoint, training columns kept.
+    rescore = _load_script("rescore_3d")
+    job, old = jobs[0], {k: v for k, v in rows[0].items() if k != "masked_detail_ratio"}
+    write_runs(tmp_path / "runs.csv", [{**old, "key": job.key, "suite": "3d", "seed": 0, "params": job.params_json}])
+    assert rescore.main([str(tmp_path)]) == 0
+    again = read_runs(tmp_path / "runs.csv")[job.key]
+    for metric in rescore.QUALITY:
+        assert again[metric] == pytest.approx(rows[0][metric], rel=1e-6, abs=1e-9), metric
+    assert again["train_s"] == rows[0]["train_s"]
+    report = path.read_text()
+    assert "## Re-scored" in report and "- psnr: max |new - old| = 0 over 1 runs" in report
+    assert "masked_detail_ratio: not recorded before (new)" in report
+
+
+def _load_script(name: str):
+    """A module of benchmarks/ by file name (the folder is not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_fit_trains_an_unregistered_preset_through_train_run(tmp_path, multiview_prior):

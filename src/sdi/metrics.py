@@ -8,8 +8,10 @@ Every function returns a ``(B,)`` tensor, so a caller can average, take a median
 | ``psnr`` | ``10 log10(1 / MSE)``, ``inf`` for identical images |
 | ``ssim`` | mean SSIM (Wang et al. 2004) with an 11x11 Gaussian window, sigma 1.5, as scikit-image |
 | ``mask_iou`` | ``|A and B| / |A or B|`` after thresholding |
-| ``high_frequency_energy`` | mean squared ``img - GaussianBlur(img)`` |
+| ``high_frequency_energy`` | mean squared ``img - GaussianBlur(img)``, optionally over a mask only |
 | ``detail_ratio`` | ``HF(img) / HF(reference)`` |
+| ``masked_detail_ratio`` | ``HF(img) / HF(reference)`` over the reference's object mask eroded by the blur radius |
+| ``erode_mask`` | ``mask > 0.5`` shrunk by ``pixels`` (a pixel stays when its whole square neighbourhood is in) |
 | ``saturation_error`` | mean ``|S(img) - S(reference)|`` (HSV saturation) over a mask |
 | ``l2_distance`` | RMS difference ``sqrt(mean((a - b)^2))`` |
 """
@@ -69,9 +71,14 @@ def _separable_filter(x: Float4, kernel: Tensor, padding_mode: str | None) -> Te
     return F.conv2d(F.conv2d(x, kh, groups=c), kw, groups=c)
 
 
+def blur_radius(sigma: float) -> int:
+    """Kernel radius of ``gaussian_blur``: ``max(1, ceil(3 sigma))`` pixels."""
+    return max(1, math.ceil(3 * sigma))
+
+
 def gaussian_blur(img: Float4, sigma: float) -> Float4:
-    """Gaussian blur of (B, C, H, W) with reflect padding, kernel radius ceil(3 sigma)."""
-    radius = max(1, math.ceil(3 * sigma))
+    """Gaussian blur of (B, C, H, W) with reflect padding, kernel radius ``blur_radius(sigma)``."""
+    radius = blur_radius(sigma)
     if min(img.shape[-2:]) <= radius:
         raise ValueError(f"images of size {tuple(img.shape[-2:])} are too small for a blur of sigma {sigma}")
     return _separable_filter(img, _gaussian_kernel1d(sigma, radius, img), "reflect")
@@ -123,13 +130,21 @@ def mask_iou(a: Tensor, b: Tensor, threshold: float = 0.5) -> Tensor:
     return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
 
 
-def high_frequency_energy(img: Tensor, sigma: float = 1.0) -> Tensor:
+def high_frequency_energy(img: Tensor, sigma: float = 1.0, mask: Tensor | None = None) -> Tensor:
     """Mean squared high-pass residual ``mean((img - GaussianBlur_sigma(img))^2)`` per image.
 
-    The blur uses reflect padding, so flat borders add no energy. (B, 3, H, W) -> (B,); 0 for a flat image.
+    The blur uses reflect padding, so flat borders add no energy. ``mask`` (B, 1, H, W) weights pixels
+    (``sum(m r^2) / (3 sum(m))``; soft masks allowed, an empty one gives NaN); ``None`` = all pixels. It
+    selects where the residual is averaged, not what is blurred: see ``masked_detail_ratio`` to keep the
+    outside out. (B, 3, H, W) -> (B,); 0 for a flat image.
     """
     _check_images("img", img)
-    return (img - gaussian_blur(img, sigma)).pow(2).flatten(1).mean(1)
+    residual = (img - gaussian_blur(img, sigma)).pow(2)
+    if mask is None:
+        return residual.flatten(1).mean(1)
+    _check_mask("mask", mask, img)
+    m = mask.to(residual.dtype)
+    return (residual.mean(1, keepdim=True) * m).flatten(1).sum(1) / m.flatten(1).sum(1)
 
 
 def detail_ratio(img: Tensor, reference: Tensor, sigma: float = 1.0) -> Tensor:
@@ -140,6 +155,36 @@ def detail_ratio(img: Tensor, reference: Tensor, sigma: float = 1.0) -> Tensor:
     """
     _check_pair(img, reference, ("img", "reference"))
     return high_frequency_energy(img, sigma) / high_frequency_energy(reference, sigma).clamp_min(1e-12)
+
+
+def erode_mask(mask: Tensor, pixels: int) -> Tensor:
+    """``mask > 0.5`` shrunk by ``pixels``: a pixel stays 1 when every image pixel within Chebyshev distance
+    ``pixels`` is in the mask (a (2 pixels + 1)^2 square min filter). Beyond the image border counts as inside,
+    so an all-ones mask stays all ones. (B, 1, H, W) -> float {0, 1} (B, 1, H, W)."""
+    _check_mask("mask", mask, mask)
+    if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 0:
+        raise ValueError(f"erosion must be a non-negative whole number of pixels, got {pixels!r}")
+    m = (mask.float() > 0.5).float()
+    # max_pool2d pads with -inf, so on -m the border never wins: pixels off the image do not erode.
+    return -F.max_pool2d(-m, 2 * pixels + 1, stride=1, padding=pixels) if pixels else m
+
+
+def masked_detail_ratio(
+    img: Tensor, reference: Tensor, mask: Tensor, sigma: float = 1.0, erode: int | None = None
+) -> Tensor:
+    """``detail_ratio`` inside the object: ``HF(img; m) / HF(reference; m)`` with ``m = erode_mask(mask, erode)``.
+
+    ``mask`` (B, 1, H, W) is the reference's object mask (thresholded at 0.5). ``erode`` defaults to
+    ``blur_radius(sigma)`` (3 pixels at sigma 1): the residual at a pixel depends only on pixels within that
+    radius, so the result is then exactly independent of everything outside ``mask`` (floaters, speckle,
+    the background) and the silhouette step itself adds nothing. Pixels on the reference's own texture
+    edges still count, in both the numerator and the denominator. NaN where the eroded mask is empty;
+    the denominator is clamped at 1e-12. (B, 3, H, W) x2, (B, 1, H, W) -> (B,).
+    """
+    _check_pair(img, reference, ("img", "reference"))
+    _check_mask("mask", mask, img)
+    m = erode_mask(mask, blur_radius(sigma) if erode is None else erode)
+    return high_frequency_energy(img, sigma, m) / high_frequency_energy(reference, sigma, m).clamp_min(1e-12)
 
 
 def hsv_saturation(img: Tensor) -> Tensor:

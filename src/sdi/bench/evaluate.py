@@ -4,7 +4,9 @@
 |---|---|
 | ``psnr``, ``ssim`` | rgb vs the sphere-traced ground truth (both on white), mean over views |
 | ``mask_iou`` | rendered opacity vs the ground-truth mask, thresholded at 0.5 |
-| ``detail_ratio`` | high-frequency energy of the render / of the ground truth (1 = as detailed) |
+| ``detail_ratio`` | high-frequency energy of the render / of the ground truth (1 = as detailed), whole image |
+| ``masked_detail_ratio`` | the same inside the ground-truth mask eroded by 3 pixels (the blur radius): blind |
+| | to floaters, speckle and the silhouette edge (``metrics.masked_detail_ratio``) |
 | ``saturation_error`` | mean absolute HSV-saturation difference inside the ground-truth mask |
 | ``diverged`` | 1 if the render has NaNs or the volume is empty (mean opacity < 0.01) |
 """
@@ -26,8 +28,9 @@ EMPTY_OPACITY = 0.01
 
 @torch.no_grad()
 def evaluate_scene(scene, prompt: str, size: int = 64, views: int = 8) -> dict[str, float]:
-    """PSNR, SSIM, mask IoU, detail ratio, saturation error and ``diverged`` of ``scene`` (a ``Scene``)
-    at ``held_out_cameras(views, size)`` against the ground truth of the catalog ``prompt``."""
+    """PSNR, SSIM, mask IoU, detail ratio (whole image and inside the object), saturation error and
+    ``diverged`` of ``scene`` (a ``Scene``) at ``held_out_cameras(views, size)`` against the ground truth of
+    the catalog ``prompt``."""
     from sdi.export.run_outputs import render_views
 
     cameras = held_out_cameras(views, size)
@@ -44,6 +47,7 @@ def evaluate_scene(scene, prompt: str, size: int = 64, views: int = 8) -> dict[s
         "ssim": metrics.ssim(rgb, truth.rgb).mean().item(),
         "mask_iou": metrics.mask_iou(opacity, truth.mask).mean().item(),
         "detail_ratio": metrics.detail_ratio(rgb, truth.rgb).mean().item(),
+        "masked_detail_ratio": metrics.masked_detail_ratio(rgb, truth.rgb, truth.mask).mean().item(),
         "saturation_error": metrics.saturation_error(rgb, truth.rgb, truth.mask).mean().item(),
         "diverged": float(diverged),
     }

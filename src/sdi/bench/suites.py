@@ -415,8 +415,8 @@ def job_sd(job: Job) -> dict:
 
 METRICS = {
     "2d": ("distance_to_ddim", "detail_vs_ddim", "distance_to_prior", "eq8_residual", "time_s", "denoiser_calls"),
-    "3d": ("psnr", "ssim", "mask_iou", "detail_ratio", "saturation_error", "train_s", "denoiser_calls",
-           "peak_memory_mb"),
+    "3d": ("psnr", "ssim", "mask_iou", "detail_ratio", "masked_detail_ratio", "saturation_error", "train_s",
+           "denoiser_calls", "peak_memory_mb"),
     "sd": ("clip_score", "iqa_quality", "iqa_sharpness", "iqa_real", "train_s", "denoiser_calls", "peak_memory_mb"),
 }
 TITLES = {"2d": "2D: score distillation vs the DDIM sample (closed-form prior over the built-in set)",
@@ -457,6 +457,8 @@ def write_suite_report(suite: str, rows, out: Path, command: str, elapsed: float
     ok = [r for r in rows if r.get("status") == "ok"]
     if suite == "3d":
         for metric, text in (("detail_ratio", "closer to 1 = as detailed as the ground truth"),
+                             ("masked_detail_ratio", "inside the ground-truth mask eroded by 3 px, so floaters "
+                                                     "and speckle do not count; closer to 1 = as detailed"),
                              ("psnr", "higher is better"), ("saturation_error", "lower is better")):
             means = _mean(ok, "method", metric)
             notes += [line for line in (_compare(means, "sdi", m, metric, text) for m in ("sds", "ism", "nfsd", "csd"))
@@ -464,7 +466,7 @@ def write_suite_report(suite: str, rows, out: Path, command: str, elapsed: float
         notes += ["", "NFSD runs on the embedded prior with negative prompt \"\" (the prior knows only catalog "
                   "labels), so its domain term is 0 for t >= 200.", ""]
         if len({r["prompt"] for r in ok}) > 1:
-            path_obj = write_report(ok, out / "per-object", "3D per object", ("prompt", "method"), METRICS[suite][:5],
+            path_obj = write_report(ok, out / "per-object", "3D per object", ("prompt", "method"), METRICS[suite][:6],
                                     command)
             notes += [f"Per-object table: [{path_obj.relative_to(out)}]({path_obj.relative_to(out)})", ""]
     if suite == "2d":
