@@ -35,14 +35,17 @@ PRIORS_2D = ("patches", "exemplar")
 """Built-in 2D priors over an image set: the patch exemplar prior (default) and the whole-image one."""
 
 
+def check_image_prior(name: str) -> None:
+    """A one-line error unless ``name`` is one of PRIORS_2D (checked before any image is loaded)."""
+    if name not in PRIORS_2D:
+        raise ValueError(f"unknown prior {name!r}; use {', '.join(PRIORS_2D)} or sd:PATH")
+
+
 def image_prior(name: str, images: Tensor, labels: list[str], patch: int = 8) -> ExemplarPrior:
     """The closed-form prior ``name`` over ``images``: "patches" quilts ``patch``-pixel tiles (its denoiser
     averages over many sharp images at high noise, like a real model's), "exemplar" keeps whole images."""
-    if name == "patches":
-        return PatchExemplarPrior(images, labels, patch)
-    if name == "exemplar":
-        return ExemplarPrior(images, labels)
-    raise ValueError(f"unknown prior {name!r}; use {', '.join(PRIORS_2D)} or sd:PATH")
+    check_image_prior(name)
+    return PatchExemplarPrior(images, labels, patch) if name == "patches" else ExemplarPrior(images, labels)
 
 
 @dataclass(frozen=True)
@@ -149,12 +152,17 @@ def to_unit(x: Tensor) -> Tensor:
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 
+def decoded(denoiser: Denoiser, x: Tensor) -> Tensor:
+    """``x`` decoded to an image in [0, 1], on the CPU."""
+    with torch.no_grad():
+        return to_unit(denoiser.decode(x)).cpu()
+
+
 def measure(denoiser: Denoiser, prompt: str, result: Tensor, ddim: Tensor) -> dict[str, float]:
     """How a result compares with the DDIM sample of the same seed, on decoded images in [0, 1]: RMS distance,
     detail (high-frequency energy ratio), and, for the closed-form priors, the RMS distance to the prior's
     nearest sample (0 = a sharp sample of the prior; a blurred one is off its support)."""
-    with torch.no_grad():
-        image, reference = to_unit(denoiser.decode(result)), to_unit(denoiser.decode(ddim))
+    image, reference = decoded(denoiser, result), decoded(denoiser, ddim)
     metrics = {"distance_to_ddim": l2_distance(image, reference).mean().item(),
                "detail_vs_ddim": detail_ratio(image, reference).mean().item()}
     if isinstance(denoiser, ExemplarPrior):

@@ -77,8 +77,10 @@ def grid_2d(
     cfg: float = 7.5, prior: str = "patches", patch: int = 8,
 ) -> list[Job]:
     """One job per method x built-in label x seed, on the closed-form ``prior`` ("patches" or "exemplar")."""
+    from sdi.twod import PRIORS_2D
+
     check_names("2D method", methods, BENCH_2D_METHODS)
-    check_names("2D prior", (prior,), ("patches", "exemplar"))
+    check_names("2D prior", (prior,), PRIORS_2D)
     params = {"steps": steps, "size": size, "cfg": cfg, "prior": prior, "patch": patch}
     return [Job("2d", m, p, s, params) for p in prompts for s in range(seeds) for m in methods]
 

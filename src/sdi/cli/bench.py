@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from sdi.bench import suites
+from sdi.twod import PRIORS_2D
 
 JOB_FN = {"2d": "sdi.bench.suites:job_2d", "3d": "sdi.bench.suites:job_3d",
           "ablations": "sdi.bench.suites:job_ablation", "sd": "sdi.bench.suites:job_sd"}
@@ -27,7 +28,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", nargs="+", default=None, help="subset of the suite's methods")
     parser.add_argument("--resolution", type=int, default=None,
                         help=f"render size override (3d, sd; ablations default {suites.ABLATION_RESOLUTION})")
-    parser.add_argument("--prior", default=None, choices=("patches", "exemplar"),
+    parser.add_argument("--prior", default=None, choices=PRIORS_2D,
                         help="2d: closed-form prior over the built-in set (default patches)")
     parser.add_argument("--sd", default=None, metavar="PATH", help="local Stable Diffusion folder (sd suite)")
     parser.add_argument("--clip", default=None, metavar="PATH", help="local CLIP folder (sd suite)")

@@ -6,14 +6,13 @@ import argparse
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from sdi.data.builtin import DEFAULT_LABEL, builtin_images
 from sdi.data.folder import load_image_folder
 from sdi.export.figures import figure
 from sdi.io import atomic_write_json, save_image
 from sdi.priors.exemplar import ExemplarPrior
-from sdi.twod import ALL_METHODS, PRIORS_2D, Result2D, image_prior, measure, run_method, to_unit
+from sdi.twod import ALL_METHODS, Result2D, check_image_prior, decoded, image_prior, measure, run_method
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -39,15 +38,9 @@ def load_prior(args: argparse.Namespace):
         from sdi.priors.stable_diffusion import load_stable_diffusion
 
         return load_stable_diffusion(args.prior[3:], device="cuda" if torch.cuda.is_available() else "cpu")
-    if args.prior not in PRIORS_2D:
-        raise ValueError(f"unknown prior {args.prior!r}; use {', '.join(PRIORS_2D)} or sd:PATH")
+    check_image_prior(args.prior)
     images, labels = load_image_folder(args.images, args.size) if args.images else builtin_images(args.size)
     return image_prior(args.prior, images, labels, args.patch)
-
-
-def decoded(prior, x: Tensor) -> Tensor:
-    with torch.no_grad():
-        return to_unit(prior.decode(x)).cpu()
 
 
 def write_result(prior, result: Result2D, out: Path, info: dict) -> None:
