@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from sdi.distill.rule import distill_step
 from sdi.distill.sdi import sdi_paper, sdi_reference
 from sdi.distill.sds import sds
-from sdi.priors.base import CountingDenoiser
+from sdi.diffusion.denoiser import CountingDenoiser
 from sdi.priors.stable_diffusion import StableDiffusionOptions, StableDiffusionPrior, peak_memory_bytes
 
 # stabilityai/stable-diffusion-2-1-base, unet/config.json and vae/config.json

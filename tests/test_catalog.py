@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sdi.priors.multiview import ExemplarGrid, build_multiview_prior, multiview_cache_path
-from sdi.scene.cameras import CameraSampling, Cameras, held_out_cameras, orbit_cameras, turntable_cameras, view_bin
+from sdi.scene.cameras import CameraSampling, Cameras, cameras_along, held_out_cameras, orbit_cameras, turntable_cameras, view_bin
 from sdi.scene.catalog import (
     COLORS,
     PATTERNS,
@@ -211,8 +211,7 @@ def test_sphere_mask_area_matches_projected_disk():
 
 def _predictions(prior, prompt):
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    views = held_out_cameras(2, 16).view_directions()
-    return prior.predict_eps(x, torch.tensor([400, 400]), [prompt, ""], views)
+    return prior.predict_eps(x, torch.tensor([400, 400]), [prompt, ""], held_out_cameras(2, 16))
 
 
 def test_multiview_cache_round_trip(tmp_path):
@@ -249,7 +248,7 @@ def test_view_conditioning_kernel_and_bins(tmp_path):
     kernel = build_multiview_prior(prompt, **kwargs, view_concentration=5.0)
     bins = build_multiview_prior(prompt, **kwargs, view_conditioning="bins")
     idx = kernel.members(prompt)
-    front, overhead = torch.tensor([[0.0, 0.2, 1.0]]), torch.tensor([[0.0, 1.0, 0.1]])
+    front, overhead = cameras_along(torch.tensor([[0.0, 0.2, 1.0]])), cameras_along(torch.tensor([[0.0, 1.0, 0.1]]))
     kernel_log = kernel.log_prior(idx, front)[0]
     assert kernel_log.argmax() == 0 and kernel_log[0] - kernel_log[2] > 5  # front exemplar favoured over back
     bins_log = bins.log_prior(idx, front)[0]

@@ -293,12 +293,12 @@ RULES = {
 }
 
 
-def _contract(rule: Rule, prior, x0, prompt: str, views) -> None:
+def _contract(rule: Rule, prior, x0, prompt: str, cameras) -> None:
     moved = False
     state = {"initial_noise": torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))}
     g = torch.Generator().manual_seed(0)
     for step in (0, 2, 4):
-        update = distill_step(rule, prior, x0, step, 5, prompt, g, state, views)
+        update = distill_step(rule, prior, x0, step, 5, prompt, g, state, cameras)
         assert update.grad.shape == x0.shape == update.target.shape == update.x_t.shape
         assert torch.isfinite(update.grad).all() and torch.isfinite(update.target).all()
         torch.testing.assert_close(update.target, x0 - update.grad, atol=0, rtol=0)
@@ -323,7 +323,7 @@ def test_rule_contract_on_the_multiview_prior(multiview_prior, name):
 
     cameras = CameraSampling().sample(2, 16, torch.Generator().manual_seed(0))
     x0 = multiview_prior.images[:2].float() * 0.8
-    _contract(RULES[name](), multiview_prior, x0, "a red cube", cameras.view_directions())
+    _contract(RULES[name](), multiview_prior, x0, "a red cube", cameras)
 
 
 def test_every_rule_module_is_in_the_contract():

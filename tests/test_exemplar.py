@@ -16,8 +16,9 @@ from sdi.diffusion.ddim import ddim_sample
 from sdi.diffusion.guidance import cfg_combine, eps_fn_for, guided_eps
 from sdi.diffusion.parametrization import add_noise
 from sdi.diffusion.schedules import sampling_grid
-from sdi.priors.base import Denoiser
+from sdi.diffusion.denoiser import Denoiser
 from sdi.priors.exemplar import ExemplarPrior, UnknownPrompt
+from sdi.scene.cameras import cameras_along
 
 LABELS = ["a", "b", "a", "c", "b"]
 
@@ -67,10 +68,10 @@ def test_predict_eps_is_brute_force_posterior(t, with_views):
     kappa = 2.0 if with_views else 0.0
     prior = ExemplarPrior(images, LABELS, views=views if with_views else None, view_concentration=kappa)
     x_t = _queries(images, t, prior)
-    q_views = torch.randn(2, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    q = q_views if with_views else None
+    cameras = cameras_along(torch.randn(2, 3, generator=torch.Generator().manual_seed(5)))
+    q = cameras.view_directions().double() if with_views else None
     ts = torch.full((2,), t, dtype=torch.long)
-    got = prior.predict_eps(x_t, ts, ["a", "", "c"], q)
+    got = prior.predict_eps(x_t, ts, ["a", "", "c"], cameras if with_views else None)
     assert got.shape == (3, *x_t.shape)
     for k, prompt in enumerate(["a", "", "c"]):
         expected = brute_force_eps(prior.alphas_cumprod, images, LABELS, x_t, t, prompt, q, views, kappa)
@@ -81,7 +82,7 @@ def test_view_kernel_changes_the_prediction():
     images, views = _tiny_set()
     prior = ExemplarPrior(images, LABELS, views=views, view_concentration=4.0)
     x_t, ts = _queries(images, 900, prior), torch.full((2,), 900)
-    with_views = prior.predict_eps(x_t, ts, [""], views[[1, 2]])
+    with_views = prior.predict_eps(x_t, ts, [""], cameras_along(views[[1, 2]]))
     assert not torch.allclose(with_views, prior.predict_eps(x_t, ts, [""]))
 
 

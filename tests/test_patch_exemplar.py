@@ -14,9 +14,10 @@ from sdi.diffusion.ddim import ddim_sample
 from sdi.diffusion.guidance import eps_fn_for
 from sdi.diffusion.parametrization import add_noise
 from sdi.diffusion.schedules import sampling_grid
-from sdi.priors.base import Denoiser
+from sdi.diffusion.denoiser import Denoiser
 from sdi.priors.exemplar import ExemplarPrior, UnknownPrompt
 from sdi.priors.patch_exemplar import PatchExemplarPrior
+from sdi.scene.cameras import cameras_along
 
 LABELS = ["a", "b", "a", "b", "a"]
 
@@ -59,11 +60,12 @@ def test_posterior_mean_is_the_brute_force_mean_over_quilts(t, with_views):
     a = prior.alphas_cumprod[t].double()
     x_t = add_noise(images[[0, 3]], torch.randn(2, 2, 2, 4, generator=torch.Generator().manual_seed(1),
                                                 dtype=torch.float64), a)
-    query_views = torch.randn(2, 3, generator=torch.Generator().manual_seed(2)) if with_views else None
+    directions = torch.randn(2, 3, generator=torch.Generator().manual_seed(2))
+    cameras = cameras_along(directions) if with_views else None
     for prompt in ("a", "b", ""):
-        got = prior.posterior_mean(x_t, a.expand(2), prompt, query_views)
+        got = prior.posterior_mean(x_t, a.expand(2), prompt, cameras)
         for b in range(2):
-            log_pi = prior.log_prior(torch.arange(5), None if query_views is None else query_views[b:b + 1])[0]
+            log_pi = prior.log_prior(torch.arange(5), cameras_along(directions[b:b + 1]) if with_views else None)[0]
             log_pi = log_pi.expand(5)
             expected = brute_force_mean(images, LABELS, x_t[b], float(a), prompt, log_pi)
             torch.testing.assert_close(got[b], expected, atol=1e-10, rtol=1e-10)
@@ -76,7 +78,7 @@ def test_full_size_patch_is_the_exemplar_prior(with_views):
     kernel = {"views": views, "view_concentration": 2.0} if with_views else {}
     whole, quilted = ExemplarPrior(images, labels, **kernel), PatchExemplarPrior(images, labels, 16, **kernel)
     x_t = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-    ts, query_views = torch.full((3,), 700), views[:3] if with_views else None
+    ts, query_views = torch.full((3,), 700), cameras_along(views[:3]) if with_views else None
     prompts = ["", "rings", "dots"]
     torch.testing.assert_close(quilted.predict_eps(x_t, ts, prompts, query_views),
                                whole.predict_eps(x_t, ts, prompts, query_views), atol=1e-6, rtol=1e-6)

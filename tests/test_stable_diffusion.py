@@ -23,7 +23,8 @@ from sdi.diffusion.perp_neg import (  # noqa: E402
     view_prompt,
 )
 from sdi.diffusion.schedules import inversion_grid, sampling_grid  # noqa: E402
-from sdi.priors.base import Denoiser  # noqa: E402
+from sdi.diffusion.denoiser import Denoiser  # noqa: E402
+from sdi.scene.cameras import cameras_along  # noqa: E402
 from sdi.priors.stable_diffusion import (  # noqa: E402
     PriorLoadError,
     StableDiffusionPrior,
@@ -149,11 +150,12 @@ def test_view_dependent_suffixes(prior):
     p = with_options(prior, view_dependent_prompts=True)
     views = torch.tensor([direction(0), direction(90), direction(-170), direction(30, 75), direction(-60)])
     assert view_bins(views) == ["front", "side", "back", "overhead", "side"]
-    assert p.texts_for("a cat", views, 5) == [view_prompt("a cat", v) for v in view_bins(views)]
-    assert p.texts_for("", views, 5) == [""] * 5
-    assert p.texts_for("a cat, back view", views, 5) == ["a cat, back view"] * 5  # already names a view
+    cameras = cameras_along(views)
+    assert p.texts_for("a cat", cameras, 5) == [view_prompt("a cat", v) for v in view_bins(views)]
+    assert p.texts_for("", cameras, 5) == [""] * 5
+    assert p.texts_for("a cat, back view", cameras, 5) == ["a cat, back view"] * 5  # already names a view
     x, t = latents(5), torch.full((5,), 400)
-    eps = p.predict_eps(x, t, ["a cat", ""], views)
+    eps = p.predict_eps(x, t, ["a cat", ""], cameras)
     front = p.predict_eps(x[:1], t[:1], ["a cat, front view"])[0]
     torch.testing.assert_close(eps[0, :1], front, **TOL)
 
@@ -243,9 +245,9 @@ def test_perp_neg_with_zero_weights_is_cfg():
 
 def test_perp_neg_eps_reduces_to_cfg_on_the_prior(prior):
     x, t = latents(), torch.tensor([250, 250])
-    views = torch.tensor([direction(0), direction(10)])
+    cameras = cameras_along(torch.tensor([direction(0), direction(10)]))
     pos = torch.tensor([[1.0, 0, 0, 0]] * 2)
-    out = perp_neg_eps(prior, x, t, "a cat", 7.5, views, weights=(pos, torch.zeros(2, 4)))
+    out = perp_neg_eps(prior, x, t, "a cat", 7.5, cameras, weights=(pos, torch.zeros(2, 4)))
     torch.testing.assert_close(out, guided_eps(prior, x, t, "a cat, front view", 7.5), **TOL)
 
 
@@ -264,8 +266,9 @@ def test_negative_scale_flips_every_guidance_term(prior):
     plus, minus = perp_neg_combine(eps_u, eps_p, eps_n, w, 7.5), perp_neg_combine(eps_u, eps_p, eps_n, w, -7.5)
     torch.testing.assert_close(minus - eps_u, -(plus - eps_u))
     # same on the prior, in one batched call each
-    x, t, views = latents(), torch.tensor([600, 600]), torch.tensor([direction(30), direction(120)])
-    plus, minus = (perp_neg_eps(prior, x, t, "a cat", s, views) for s in (7.5, -7.5))
+    x, t = latents(), torch.tensor([600, 600])
+    cameras = cameras_along(torch.tensor([direction(30), direction(120)]))
+    plus, minus = (perp_neg_eps(prior, x, t, "a cat", s, cameras) for s in (7.5, -7.5))
     eps_u = prior.predict_eps(x, t, [""])[0]
     torch.testing.assert_close(minus - eps_u, -(plus - eps_u), **TOL)
 

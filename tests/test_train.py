@@ -15,7 +15,7 @@ from PIL import Image
 
 import sdi.io
 import sdi.train.loop as loop
-from sdi.priors.base import CountingDenoiser
+from sdi.diffusion.denoiser import CountingDenoiser
 from sdi.train.checkpoint import load_checkpoint, save_checkpoint
 from sdi.train.loop import TrainingDiverged, new_state, train, training_step
 from sdi.train.presets import FAST, PRESETS, SDI_PAPER, cpu_sized
@@ -258,8 +258,8 @@ class NaNAfter:
     def decode(self, latent):
         return self.inner.decode(latent)
 
-    def predict_eps(self, x_t, t, prompts, views=None):
-        eps = self.inner.predict_eps(x_t, t, prompts, views)
+    def predict_eps(self, x_t, t, prompts, cameras=None):
+        eps = self.inner.predict_eps(x_t, t, prompts, cameras)
         return torch.full_like(eps, float("nan")) if self.step >= self.bad_step else eps
 
 

@@ -27,7 +27,7 @@ from sdi.distill.sdi import sdi_cached, sdi_grid
 from sdi.distill.sds import sds
 from sdi.distill.timesteps import GridT
 from sdi.metrics import detail_ratio, l2_distance
-from sdi.priors.base import CountingDenoiser, Denoiser
+from sdi.diffusion.denoiser import CountingDenoiser, Denoiser
 from sdi.priors.exemplar import ExemplarPrior
 from sdi.priors.patch_exemplar import PatchExemplarPrior
 

@@ -229,7 +229,7 @@ def job_eq8(job: Job) -> dict:
     start = time.perf_counter()
     for t in p["t_values"]:
         level = to_level(t, len(prior.alphas_cumprod))
-        query = NoiseQuery(prior, x0, level, level, parse_prompt(job.prompt).prompt, fwd_cfg, cameras.view_directions(),
+        query = NoiseQuery(prior, x0, level, level, parse_prompt(job.prompt).prompt, fwd_cfg, cameras,
                            generator, state)
         out[eq8_key(t)] = eq8_residual(query, kappa_of(query).kappa).mean().item()
     out["time_s"] = time.perf_counter() - start

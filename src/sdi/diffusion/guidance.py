@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from sdi.priors.base import Denoiser
+from sdi.diffusion.denoiser import CameraBatch, Denoiser
 
 
 def cfg_combine(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
@@ -18,18 +18,20 @@ def guided_eps(
     t: Tensor,
     prompt: str,
     scale: float,
-    views: Tensor | None = None,
+    cameras: CameraBatch | None = None,
     negative: str = "",
 ) -> Tensor:
     """Guided noise prediction; both branches in one batched call, one branch when s is 0 or 1."""
     if scale == 1.0:
-        return denoiser.predict_eps(x_t, t, [prompt], views)[0]
+        return denoiser.predict_eps(x_t, t, [prompt], cameras)[0]
     if scale == 0.0:
-        return denoiser.predict_eps(x_t, t, [negative], views)[0]
-    eps_c, eps_u = denoiser.predict_eps(x_t, t, [prompt, negative], views)
+        return denoiser.predict_eps(x_t, t, [negative], cameras)[0]
+    eps_c, eps_u = denoiser.predict_eps(x_t, t, [prompt, negative], cameras)
     return cfg_combine(eps_u, eps_c, scale)
 
 
-def eps_fn_for(denoiser: Denoiser, prompt: str, scale: float, views: Tensor | None = None, negative: str = ""):
+def eps_fn_for(
+    denoiser: Denoiser, prompt: str, scale: float, cameras: CameraBatch | None = None, negative: str = ""
+):
     """Bind a prompt and scale: returns ``eps_fn(x, t)`` for the DDIM functions."""
-    return lambda x, t: guided_eps(denoiser, x, t, prompt, scale, views, negative)
+    return lambda x, t: guided_eps(denoiser, x, t, prompt, scale, cameras, negative)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from sdi.diffusion.guidance import cfg_combine
-from sdi.priors.base import Denoiser
+from sdi.diffusion.denoiser import CameraBatch, Denoiser
 
 VIEW_NAMES = ("front", "side", "back", "overhead")
 OVERHEAD_ELEVATION_DEG = 60.0
@@ -138,7 +138,7 @@ def perp_neg_eps(
     t: Tensor,
     prompt_parts: str | Sequence[str],
     scale: float,
-    views: Tensor,
+    cameras: CameraBatch,
     weights: tuple[Tensor, Tensor] | None = None,
     negative: str = "",
 ) -> Tensor:
@@ -148,14 +148,14 @@ def perp_neg_eps(
     VIEW_NAMES order. ``weights``: (pos, neg) (B, 4) each, by default ``perp_neg_weights(views)``.
     Pass s = -7.5 for SDI's inversion: every guidance term, the Perp-Neg ones included, flips sign.
     """
-    if views is None:
-        raise ValueError("Perp-Neg needs the (B, 3) view directions")
+    if cameras is None:
+        raise ValueError("Perp-Neg needs the cameras the images are seen from")
     parts = [view_prompt(prompt_parts, v) for v in VIEW_NAMES] if isinstance(prompt_parts, str) else list(prompt_parts)
     if len(parts) != len(VIEW_NAMES):
         raise ValueError(f"prompt_parts needs one prompt per view {VIEW_NAMES}, got {len(parts)}")
-    pos, neg = perp_neg_weights(views) if weights is None else weights
+    pos, neg = perp_neg_weights(cameras.view_directions()) if weights is None else weights
     used = [j for j in range(len(parts)) if bool((pos[:, j] != 0).any() or (neg[:, j] != 0).any())]
-    eps = denoiser.predict_eps(x_t, t, [parts[j] for j in used] + [negative], views)
+    eps = denoiser.predict_eps(x_t, t, [parts[j] for j in used] + [negative], cameras)
     eps_u, eps_views = eps[-1], eps[:-1]
     pos_w = pos[:, used].T.to(eps).view(len(used), -1, *[1] * (x_t.ndim - 1))
     eps_pos = eps_u + (pos_w * (eps_views - eps_u)).sum(0)

@@ -31,7 +31,7 @@ def branch_eps(q: NoiseQuery, x_t: torch.Tensor, prompt: str) -> torch.Tensor:
     """eps_theta(x_t, prompt) at the update's level, one branch, no guidance."""
     t = torch.full((len(x_t),), q.t_update)
     with torch.no_grad():
-        return q.denoiser.predict_eps(x_t, t, [prompt], q.views)[0]
+        return q.denoiser.predict_eps(x_t, t, [prompt], q.cameras)[0]
 
 
 @dataclass(frozen=True)

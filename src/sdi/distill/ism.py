@@ -42,7 +42,7 @@ class IntervalNoise:
 
     def __call__(self, q: NoiseQuery) -> Noise:
         ac = q.denoiser.alphas_cumprod
-        eps_u = eps_fn_for(q.denoiser, "", 1.0, q.views)
+        eps_u = eps_fn_for(q.denoiser, "", 1.0, q.cameras)
         steps = min(max(math.ceil(q.t / (self.stride * len(ac))), 1), self.max_steps)
         x_s = ddim_invert(eps_u, q.x0, level_grid(ac, -1, q.t, steps))
         eps_s = eps_u(x_s, torch.full((len(x_s),), q.t))

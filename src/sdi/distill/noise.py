@@ -17,7 +17,7 @@ from sdi.diffusion.ddim import ddim_invert
 from sdi.diffusion.guidance import eps_fn_for
 from sdi.diffusion.parametrization import add_noise, eps_from_x0
 from sdi.diffusion.schedules import level_grid
-from sdi.priors.base import Denoiser
+from sdi.diffusion.denoiser import CameraBatch, Denoiser
 
 
 @dataclass
@@ -30,7 +30,7 @@ class NoiseQuery:
     t_update: int  # level at which the update evaluates the prior
     prompt: str
     forward_cfg: float  # guidance of the update, hence of Eq. 8
-    views: Tensor | None
+    cameras: CameraBatch | None  # the B cameras the images are seen from
     generator: torch.Generator
     state: dict = field(default_factory=dict)
 
@@ -42,7 +42,7 @@ class NoiseQuery:
         return torch.randn(self.x0.shape, generator=self.generator, device=self.generator.device).to(self.x0)
 
     def eps_fn(self, cfg: float, prompt: str | None = None):
-        return eps_fn_for(self.denoiser, self.prompt if prompt is None else prompt, cfg, self.views)
+        return eps_fn_for(self.denoiser, self.prompt if prompt is None else prompt, cfg, self.cameras)
 
 
 @dataclass(frozen=True)

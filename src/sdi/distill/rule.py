@@ -12,7 +12,7 @@ from sdi.diffusion.guidance import guided_eps
 from sdi.diffusion.parametrization import add_noise
 from sdi.distill.noise import Noise, NoiseQuery
 from sdi.distill.timesteps import Levels
-from sdi.priors.base import Denoiser
+from sdi.diffusion.denoiser import CameraBatch, Denoiser
 
 Weighting = Literal["sigma", "one_minus_alpha", "one"]
 
@@ -70,18 +70,18 @@ def distill_step(
     prompt: str,
     generator: torch.Generator,
     state: dict,
-    views: Tensor | None = None,
+    cameras: CameraBatch | None = None,
 ) -> Update:
     """One step of Eq. 10 on x0 (B, C, H, W): choose (t, kappa), predict, return w(t) (eps - kappa)."""
     ac = denoiser.alphas_cumprod
     levels = rule.timesteps(step, total, len(ac), generator)
     x0 = x0.detach()
-    query = NoiseQuery(denoiser, x0, levels.t_kappa, levels.t, prompt, rule.cfg, views, generator, state)
+    query = NoiseQuery(denoiser, x0, levels.t_kappa, levels.t, prompt, rule.cfg, cameras, generator, state)
     noise = rule.noise(query)
     alpha = ac[levels.t].to(x0)
     x_t = add_noise(x0, noise.kappa, alpha)
     with torch.no_grad():
-        eps = guided_eps(denoiser, x_t, torch.full((len(x0),), levels.t), prompt, rule.cfg, views, rule.negative)
+        eps = guided_eps(denoiser, x_t, torch.full((len(x0),), levels.t), prompt, rule.cfg, cameras, rule.negative)
     state["last_eps"] = eps
     grad = weight(alpha, rule.weighting) * (eps - noise.subtract)
     return Update(x0, grad, levels, x_t, eps, noise)

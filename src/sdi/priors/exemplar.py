@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from sdi.diffusion.denoiser import CameraBatch
 from sdi.diffusion.schedules import sd_alphas_cumprod
 
 
@@ -59,21 +60,21 @@ class ExemplarPrior:
             raise UnknownPrompt(f"unknown prompt {prompt!r}; this prior knows: {', '.join(self.prompts)}")
         return self._index[prompt]
 
-    def log_prior(self, idx: Tensor, views: Tensor | None) -> Tensor:
-        """log pi_i per query (B, n): uniform, or a vMF kernel over view directions."""
-        if views is None or self.views is None or self.view_concentration == 0.0:
+    def log_prior(self, idx: Tensor, cameras: CameraBatch | None) -> Tensor:
+        """log pi_i per query (B, n): uniform, or a vMF kernel over the cameras' view directions."""
+        if cameras is None or self.views is None or self.view_concentration == 0.0:
             return torch.zeros(1, len(idx), dtype=torch.float64)
-        cos = torch.nn.functional.normalize(views.double(), dim=-1) @ self.views[idx].T
+        cos = torch.nn.functional.normalize(cameras.view_directions().double(), dim=-1) @ self.views[idx].T
         return self.view_concentration * cos
 
-    def posterior_mean(self, x_t: Tensor, alpha: Tensor, prompt: str, views: Tensor | None = None) -> Tensor:
+    def posterior_mean(self, x_t: Tensor, alpha: Tensor, prompt: str, cameras: CameraBatch | None = None) -> Tensor:
         """E[x0 | x_t] under the exemplars of ``prompt``; alpha (B,) the level of each x_t."""
         idx = self.members(prompt)
         a = alpha.double().reshape(-1, 1)
         x = x_t.double().flatten(1)
         # |x - sqrt(a) X|^2 = |x|^2 - 2 sqrt(a) x.X + a |X|^2 ; |x|^2 is constant per row and drops out.
         logits = (2 * a.sqrt() * (x @ self.flat[idx].T) - a * self.sq_norms[idx]) / (2 * (1 - a))
-        weights = torch.softmax(logits + self.log_prior(idx, views), dim=1)
+        weights = torch.softmax(logits + self.log_prior(idx, cameras), dim=1)
         return (weights @ self.flat[idx]).reshape(x_t.shape)
 
     def project(self, x: Tensor, prompt: str) -> Tensor:
@@ -82,11 +83,13 @@ class ExemplarPrior:
         nearest = torch.cdist(x.double().flatten(1), self.flat[idx]).argmin(1)
         return self.images[idx][nearest].to(x.dtype)
 
-    def predict_eps(self, x_t: Tensor, t: Tensor, prompts: Sequence[str], views: Tensor | None = None) -> Tensor:
+    def predict_eps(
+        self, x_t: Tensor, t: Tensor, prompts: Sequence[str], cameras: CameraBatch | None = None
+    ) -> Tensor:
         """eps = (x_t - sqrt(a) E[x0 | x_t]) / sqrt(1 - a), one prediction per prompt."""
         alpha = self.alphas_cumprod[t.long().cpu()].to(torch.float64).expand(x_t.shape[0])
         a = alpha.reshape(-1, 1, 1, 1)
-        out = [(x_t.double() - a.sqrt() * self.posterior_mean(x_t, alpha, p, views)) / (1 - a).sqrt() for p in prompts]
+        out = [(x_t.double() - a.sqrt() * self.posterior_mean(x_t, alpha, p, cameras)) / (1 - a).sqrt() for p in prompts]
         return torch.stack(out).to(x_t.dtype)
 
     def encode(self, image: Tensor) -> Tensor:

@@ -99,11 +99,11 @@ class MultiViewPrior(ExemplarPrior):
                 pass
         return super().members(prompt)
 
-    def log_prior(self, idx: Tensor, views: Tensor | None) -> Tensor:
+    def log_prior(self, idx: Tensor, cameras) -> Tensor:
         """log pi_i (B, n): the vMF kernel, or 0 / -inf by view bin (a bin with no exemplar: all 0)."""
-        if self.view_conditioning == "kernel" or views is None or self._bins is None:
-            return super().log_prior(idx, views)
-        same = _bin_ids(views)[:, None] == self._bins[idx][None, :]
+        if self.view_conditioning == "kernel" or cameras is None or self._bins is None:
+            return super().log_prior(idx, cameras)
+        same = _bin_ids(cameras.view_directions())[:, None] == self._bins[idx][None, :]
         keep = same | ~same.any(dim=1, keepdim=True)
         return torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, -torch.inf)
 

@@ -44,21 +44,21 @@ class PatchExemplarPrior(ExemplarPrior):
     def from_tiles(self, tiles: Tensor, shape: torch.Size) -> Tensor:
         return F.fold(tiles.transpose(1, 2), shape[-2:], self.patch, stride=self.patch)
 
-    def label_posterior(self, x: Tensor, a: Tensor, idx: Tensor, views: Tensor | None) -> tuple[Tensor, Tensor]:
+    def label_posterior(self, x: Tensor, a: Tensor, idx: Tensor, cameras) -> tuple[Tensor, Tensor]:
         """log Z_c p(x_t | c) up to a constant shared by all labels (B,), and E[x0 | x_t, c] as tiles (B, P, d),
         for the images ``idx`` of one label; x (B, P, d) float64 tiles of x_t, a (B, 1, 1)."""
-        log_prior = self.log_prior(idx, views)  # (B or 1, n)
+        log_prior = self.log_prior(idx, cameras)  # (B or 1, n)
         dots = torch.einsum("bpd,npd->bpn", x, self.tiles[idx])
         logits = (2 * a.sqrt() * dots - a * self.tile_sq_norms[idx].T) / (2 * (1 - a)) + log_prior[:, None, :]
         tiles = torch.einsum("bpn,npd->bpd", torch.softmax(logits, -1), self.tiles[idx])
         log_evidence = torch.logsumexp(logits, -1).sum(1) - (x.shape[1] - 1) * torch.logsumexp(log_prior, -1)
         return log_evidence, tiles
 
-    def posterior_mean(self, x_t: Tensor, alpha: Tensor, prompt: str, views: Tensor | None = None) -> Tensor:
+    def posterior_mean(self, x_t: Tensor, alpha: Tensor, prompt: str, cameras=None) -> Tensor:
         """E[x0 | x_t] under ``prompt``'s images ("" = the mixture of every label); alpha (B,)."""
         a, x = alpha.double().reshape(-1, 1, 1), self.to_tiles(x_t.double())
         groups = [self.members(prompt)] if prompt else [self.members(label) for label in self.prompts]
-        parts = [self.label_posterior(x, a, idx, views) for idx in groups]
+        parts = [self.label_posterior(x, a, idx, cameras) for idx in groups]
         weights = torch.softmax(torch.stack([evidence for evidence, _ in parts]), dim=0)  # (labels, B)
         tiles = torch.einsum("lb,lbpd->bpd", weights, torch.stack([tiles for _, tiles in parts]))
         return self.from_tiles(tiles, x_t.shape)

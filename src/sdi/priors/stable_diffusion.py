@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sdi.diffusion.denoiser import CameraBatch
 from sdi.diffusion.parametrization import eps_from_v
 from sdi.diffusion.perp_neg import has_view_suffix, view_bins, view_prompt
 
@@ -121,22 +122,24 @@ class StableDiffusionPrior:
                 self.text_embeddings[text] = self.text_encoder(ids)[0].to(self.dtype)
         return self.text_embeddings[text]
 
-    def texts_for(self, prompt: str, views: Tensor | None, batch: int) -> list[str]:
+    def texts_for(self, prompt: str, cameras: CameraBatch | None, batch: int) -> list[str]:
         """The text each batch item is conditioned on: ``prompt``, plus its view suffix if enabled."""
-        if not self.options.view_dependent_prompts or views is None or prompt == "" or has_view_suffix(prompt):
+        if not self.options.view_dependent_prompts or cameras is None or prompt == "" or has_view_suffix(prompt):
             return [prompt] * batch
-        if views.shape != (batch, 3):
-            raise ValueError(f"views must be (B, 3) = ({batch}, 3), got {tuple(views.shape)}")
-        return [view_prompt(prompt, name) for name in view_bins(views)]
+        if len(cameras) != batch:
+            raise ValueError(f"{len(cameras)} cameras for a batch of {batch} images")
+        return [view_prompt(prompt, name) for name in view_bins(cameras.view_directions())]
 
     # -- Denoiser protocol --------------------------------------------------------------------
-    def predict_eps(self, x_t: Tensor, t: Tensor, prompts: Sequence[str], views: Tensor | None = None) -> Tensor:
+    def predict_eps(
+        self, x_t: Tensor, t: Tensor, prompts: Sequence[str], cameras: CameraBatch | None = None
+    ) -> Tensor:
         """x_t (B, 4, h, w), t (B,) or scalar int -> eps (len(prompts), B, 4, h, w), one UNet call."""
         if len(prompts) == 0:
             raise ValueError("predict_eps needs at least one prompt ('' is the unconditional one)")
         batch, n = x_t.shape[0], len(prompts)
         t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(batch).repeat(n)
-        texts = [text for p in prompts for text in self.texts_for(p, views, batch)]
+        texts = [text for p in prompts for text in self.texts_for(p, cameras, batch)]
         context = torch.cat([self.text_embedding(text) for text in texts])  # (n B, 77, D)
         x_in = x_t.to(self.device, torch.float32).repeat(n, 1, 1, 1)  # branch-major, matches ``texts``
         with torch.set_grad_enabled(self.options.unet_grad and torch.is_grad_enabled()):

@@ -120,6 +120,12 @@ def orbit_cameras(
     return Cameras(c2w=c2w, fovy=fovy, height=size, width=size)
 
 
+def cameras_along(directions: Tensor, distance: float = 1.75, fovy_deg: float = 50.0, size: int = 64) -> Cameras:
+    """Square cameras at ``distance`` along each direction (B, 3) from the origin, looking at it."""
+    elevation_azimuth = direction_elevation_azimuth(directions.float())
+    return orbit_cameras(elevation_azimuth[:, 0], elevation_azimuth[:, 1], distance, fovy_deg, size)
+
+
 def turntable_cameras(
     n: int, elevation_deg: float = 15.0, distance: float = 1.75, fovy_deg: float = 50.0, size: int = 64
 ) -> Cameras:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from sdi.distill.rule import Rule, distill_step
-from sdi.priors.base import Denoiser
+from sdi.diffusion.denoiser import Denoiser
 from sdi.scene.fields import GridField, GridFieldConfig, HashGridField, SolidBackground
 from sdi.scene.regularizers import (
     convexity_loss,
@@ -129,8 +129,7 @@ def training_step(state: TrainState, preset: Preset, rule: Rule, denoiser: Denoi
     out = render(scene.field, scene.background, cameras, preset.num_samples, shading, lights, g, scene.occupancy,
                  chunk=preset.chunk)
     latent = denoiser.encode(out.rgb * 2 - 1)
-    update = distill_step(rule, denoiser, latent, state.step, preset.steps, prompt, g, state.rule_state,
-                          cameras.view_directions())
+    update = distill_step(rule, denoiser, latent, state.step, preset.steps, prompt, g, state.rule_state, cameras)
     distill = 0.5 * (latent - update.target).pow(2).sum() / preset.batch  # d/d latent = update.grad
     regs = regularizers(out, preset, progress)
     loss = distill + sum(regs.values())

@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from sdi.io import atomic_write_json
-from sdi.priors.base import CountingDenoiser, Denoiser
+from sdi.diffusion.denoiser import CountingDenoiser, Denoiser
 from sdi.train.checkpoint import load_checkpoint, pack_training_state, restore_training_state, save_checkpoint
 from sdi.train.loop import TrainState, TrainingDiverged, new_state, train
 from sdi.train.presets import Preset, cpu_sized, get_preset
