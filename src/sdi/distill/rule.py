@@ -61,6 +61,13 @@ class Update:
         return self.x0 - self.grad
 
 
+def distillation_loss(x0: Tensor, target: Tensor) -> Tensor:
+    """0.5 mean((x0 - target.detach())^2) / B, the authors' SDI loss (threestudio ``stable_diffusion_sdi_guidance``):
+    a mean over all B C H W elements, divided by the batch size once more. Its gradient is
+    (x0 - target) / (B^2 C H W); the regularizer weights of the presets assume this scale."""
+    return 0.5 * (x0 - target.detach()).pow(2).mean() / x0.shape[0]
+
+
 def distill_step(
     rule: Rule,
     denoiser: Denoiser,

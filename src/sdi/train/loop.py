@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from sdi.distill.rule import Rule, distill_step
+from sdi.distill.rule import Rule, distill_step, distillation_loss
 from sdi.diffusion.denoiser import Denoiser
 from sdi.scene.fields import GridField, GridFieldConfig, HashGridField, SolidBackground
 from sdi.scene.regularizers import (
@@ -130,7 +130,7 @@ def training_step(state: TrainState, preset: Preset, rule: Rule, denoiser: Denoi
                  chunk=preset.chunk)
     latent = denoiser.encode(out.rgb * 2 - 1)
     update = distill_step(rule, denoiser, latent, state.step, preset.steps, prompt, g, state.rule_state, cameras)
-    distill = 0.5 * (latent - update.target).pow(2).sum() / preset.batch  # d/d latent = update.grad
+    distill = distillation_loss(latent, update.target)  # d/d latent = update.grad / (B numel)
     regs = regularizers(out, preset, progress)
     loss = distill + sum(regs.values())
     if not math.isfinite(loss.item()):
