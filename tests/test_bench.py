@@ -15,12 +15,12 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from bench_toy_jobs import FIX_ENV
+from sdi.bench.selftest import FIX_ENV
 from sdi import metrics
 from sdi.bench.report import line_plot, summarize, write_report
 from sdi.bench.runner import ROW_COLUMNS, Job, read_runs, run_grid
 
-TOY = "bench_toy_jobs:toy_job"
+TOY = "sdi.bench.selftest:toy_job"
 
 
 def _images(b=2, h=24, w=28, seed=0):
@@ -195,11 +195,11 @@ def test_run_grid_records_killed_job_and_resumes(tmp_path, monkeypatch):
 
 def test_run_grid_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="module:function"):
-        run_grid([], "bench_toy_jobs.toy_job", tmp_path)
+        run_grid([], "sdi.bench.selftest.toy_job", tmp_path)
     job = Job("toy", "sdi", "", 0)
     with pytest.raises(ValueError, match="duplicate"):
         run_grid([job, job], TOY, tmp_path)
-    rows = run_grid([job], "bench_toy_jobs:not_a_dict", tmp_path, workers=1, progress=False)
+    rows = run_grid([job], "sdi.bench.selftest:not_a_dict", tmp_path, workers=1, progress=False)
     assert rows[0]["status"] == "failed" and "dict of metrics" in rows[0]["error"]
 
 

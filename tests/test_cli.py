@@ -26,10 +26,10 @@ def error_line(capsys, argv) -> str:
 
 
 def argparse_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err
+    """An argument argparse refuses: the same one line, ending with where to read the usage."""
+    line = error_line(capsys, argv)
+    assert line.endswith(f"see `sdi {argv[0]} --help`")
+    return line
 
 
 # ---------------------------------------------------------------------------------------------- 2d
