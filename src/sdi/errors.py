@@ -20,7 +20,10 @@ class WriteError(OSError):
 
     def __init__(self, message: str, path: str | os.PathLike[str], code: int | None):
         super().__init__(message)
-        self.filename, self.errno = str(path), code
+        self.message, self.filename, self.errno = message, str(path), code
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def size_text(n: int) -> str:

@@ -87,17 +87,19 @@ def atomic_path(path: PathLike, size: int | None = None) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def all_or_nothing() -> Iterator[None]:
+def all_or_nothing() -> Iterator[list[Path]]:
     """Hold back every atomic write of the block: each file is written under its temporary name and all are
     renamed onto their names when the block ends without an error; on an error they are removed and every
-    earlier file is untouched. Nested blocks belong to the outermost one."""
+    earlier file is untouched. Yields a list that then holds the paths written. A nested block belongs to the
+    outermost one (and its list stays empty)."""
     if _held_back.get() is not None:
-        yield
+        yield []
         return
     pending: list[tuple[Path, Path]] = []
     token = _held_back.set(pending)
+    written: list[Path] = []
     try:
-        yield
+        yield written
     except BaseException:
         for tmp, _ in pending:
             tmp.unlink(missing_ok=True)
@@ -108,6 +110,7 @@ def all_or_nothing() -> Iterator[None]:
         os.replace(tmp, path)
     for folder in {path.parent for _, path in pending}:
         _fsync_dir(folder)
+    written.extend(path for _, path in pending)
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:

@@ -94,8 +94,14 @@ def _what_to_do(run_dir: Path, held: str) -> str:
 
 
 def check_new(run_dir: Path, overwrite: bool = False) -> None:
-    """Refuse, in one line, a folder a new run may not use: a file, or a folder holding a run (unless
-    ``overwrite``)."""
+    """Refuse, in one line, a folder a new run may not use: a file, a path the file system refuses (a name too
+    long...), or a folder holding a run (unless ``overwrite``)."""
+    try:
+        os.stat(run_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # created later (a file in the way of its parents is reported then)
+    except OSError as error:
+        raise write_error(run_dir, error) from error
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"{run_dir} is a file, not a folder; choose another --out")
     held = describe(run_dir) if run_dir.is_dir() and not overwrite else None
@@ -164,9 +170,10 @@ def locked(run_dir: Path) -> Iterator[None]:
         if _same_file(fd, path):
             break
         os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
-    try:
+    with contextlib.suppress(OSError):  # the pid is for messages only: a full disk must not stop the run here
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
+    try:
         yield
     finally:
         Path(path).unlink(missing_ok=True)
@@ -182,8 +189,8 @@ def _same_file(fd: int, path: Path) -> bool:
 
 @contextlib.contextmanager
 def claim(run_dir: Path, resume: bool = False, overwrite: bool = False) -> Iterator[list[Path]]:
-    """Hold ``run_dir`` for one run: create it, take its lock, and check (under the lock) that it holds a
-    checkpoint to continue (``resume``) or no run (unless ``overwrite``). Yields the files of the run being
+    """Hold ``run_dir`` for one run: create it, take its lock, remove temporary files a killed writer left, and
+    check (under the lock) that it holds a checkpoint to continue (``resume``) or no run (unless ``overwrite``). Yields the files of the run being
     overwritten, for ``remove_files`` after the new run's first checkpoint. A folder this created and left empty
     is removed again."""
     if resume and overwrite:
@@ -196,6 +203,8 @@ def claim(run_dir: Path, resume: bool = False, overwrite: bool = False) -> Itera
         raise write_error(run_dir, error) from error
     try:
         with locked(run_dir):
+            for leftover in run_dir.glob(".*.tmp*"):  # temporary files of a writer killed mid-write
+                leftover.unlink(missing_ok=True)
             if resume:
                 check_resumable(run_dir)
             else:
@@ -209,12 +218,12 @@ def claim(run_dir: Path, resume: bool = False, overwrite: bool = False) -> Itera
 
 def run_files(run_dir: Path) -> list[Path]:
     """The files of the run in ``run_dir`` besides config and checkpoint: the previous checkpoint, metrics.json
-    and the exports it lists (those inside the folder)."""
+    and the exports it lists (by name, in ``run_dir``: a copied run folder lists the paths of the original)."""
     exports = read_json(run_dir / METRICS).get("exports")
-    listed = [Path(p) for v in (exports.values() if isinstance(exports, dict) else ())
+    listed = [p for v in (exports.values() if isinstance(exports, dict) else ())
               for p in (v.values() if isinstance(v, dict) else [v]) if isinstance(p, str)]
-    inside = [p for p in listed if p.parent.resolve() == run_dir.resolve() and p.is_file()]
-    return [run_dir / PREVIOUS, run_dir / METRICS, *inside]
+    exported = [run_dir / Path(p).name for p in listed if (run_dir / Path(p).name).is_file()]
+    return [run_dir / PREVIOUS, run_dir / METRICS, *exported]
 
 
 def remove_files(paths: list[Path]) -> None:

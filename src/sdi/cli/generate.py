@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sdi import run_folder
 from sdi.cli.args import Registry, at_least, positive, seed
+from sdi.errors import WriteError
 from sdi.limits import RUN_MINIMUM, SEED_MAX
 
 METHOD_PRESETS = {"sdi": "fast", "sds": "sds", "ism": "ism", "nfsd": "nfsd", "csd": "csd", "sdi-paper": "sdi-paper",
@@ -87,6 +88,8 @@ def config_from(args: argparse.Namespace, prompt: str, preset: str):
 
 def resumed_config(args: argparse.Namespace):
     """The config of the run in --resume (moved to --device); one-line errors when there is none to continue."""
+    if not (args.resume / run_folder.CONFIG).is_file():  # before importing anything heavy
+        raise run_folder.RunFolderError(run_folder.no_config(args.resume))
     from sdi.train.run import read_config
 
     config = with_device(read_config(args.resume), args.device)
@@ -112,7 +115,11 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = train_run(run_dir, config, resume=bool(args.resume), progress=not args.quiet, overwrite=args.overwrite,
                         checkpoint_seconds=args.checkpoint_seconds)
-    write_outputs(run_dir, config, metrics)
+    try:
+        metrics = write_outputs(run_dir, config, metrics)
+    except WriteError as error:
+        raise WriteError(f"{error}; the trained checkpoint is kept: `sdi export {run_dir}` writes the exports later",
+                         error.filename, error.errno) from None
     print(f"{summary(metrics)}; wrote {run_dir}{note}")
     return 0
 

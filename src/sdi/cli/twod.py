@@ -108,18 +108,36 @@ def shown(results: dict, method: str) -> dict:
     return results if method == "all" else {method: results[method]}
 
 
+OUTPUTS = ("final.png", "strip.png", "comparison.png", "metrics.json")
+"""What `sdi 2d` writes into --out (and, for --method all, into one folder per method)."""
+
+
+def earlier_outputs(out: Path) -> list[Path]:
+    """The files an earlier `sdi 2d` left in ``out`` and its method folders."""
+    from sdi.twod import ALL_METHODS
+
+    return [folder / name for folder in (out, *(out / m for m in ALL_METHODS)) for name in OUTPUTS
+            if (folder / name).is_file()]
+
+
 def write_results(prior, results: dict, args: argparse.Namespace, info: dict) -> None:
-    """Every image and metrics.json, all or nothing (a failed write leaves the earlier outputs as they were)."""
+    """Every image and metrics.json, all or nothing: they replace the earlier outputs of `sdi 2d` in --out
+    (those not rewritten are removed), or, when a write fails, the earlier outputs stay as they were."""
     import torch
 
     from sdi.export.figures import figure
     from sdi.io import all_or_nothing, atomic_write_json, save_image
     from sdi.twod import decoded
 
-    with all_or_nothing():
+    earlier = earlier_outputs(args.out)
+    with all_or_nothing() as written:
         for name, result in shown(results, args.method).items():
             write_result(prior, result, args.out / name if args.method == "all" else args.out, info)
         if args.method == "all":
             row = torch.cat([decoded(prior, r.image) for r in results.values()])
             save_image(args.out / "comparison.png", figure(row, nrow=len(row), scale=2, labels=list(results)))
             atomic_write_json(args.out / "metrics.json", {m: {**info, **r.metrics} for m, r in results.items()})
+    for path in set(earlier) - set(written):
+        path.unlink()
+        if path.parent != args.out and not any(path.parent.iterdir()):
+            path.parent.rmdir()

@@ -274,9 +274,9 @@ class Checkpoints:
         check_finite(state)
         if self.own:
             run_folder.keep_previous(self.run_dir)
-        with all_or_nothing():
-            save_state(self.run_dir, state, self.config, elapsed, calls, loss)
+        with all_or_nothing():  # config first: a folder never holds a checkpoint without its config
             atomic_write_json(self.run_dir / CONFIG, {"run": asdict(self.config), "preset": describe(self.preset)})
+            save_state(self.run_dir, state, self.config, elapsed, calls, loss)
         run_folder.remove_files(self.replaced)
         self.replaced, self.own, self.last = [], True, time.monotonic()
 
