@@ -199,9 +199,9 @@ def test_kill_9_after_a_wall_time_checkpoint_then_resume_continues_from_it(capsy
     """A real process checkpoints by wall time (every 0.05 s; its preset checkpoints every 50 steps, after the
     last one here), is stopped: a second run into its folder is refused, then it is killed with SIGKILL, and
     `--resume` continues from the checkpoint it left."""
-    run_dir, steps = tmp_path / "run", 40
-    proc = sdi_process("generate", TINY_PROMPT, "--steps", str(steps), "--resolution", "8", "--batch", "1",
-                       "--checkpoint-seconds", "0.05", "--out", str(run_dir), "--quiet")
+    run_dir, steps = tmp_path / "run", 25
+    proc = sdi_process("generate", TINY_PROMPT, "--steps", str(steps), "--resolution", str(TINY_RESOLUTION),
+                       "--batch", "1", "--checkpoint-seconds", "0.05", "--out", str(run_dir), "--quiet")
     try:
         wait_for(run_dir / CHECKPOINT, proc)
         proc.send_signal(signal.SIGSTOP)  # holds its lock, mid-run
