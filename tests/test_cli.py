@@ -8,7 +8,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from one_line import error_line
+from helpers import error_line
 from sdi.cli.main import main
 from sdi.scene.catalog import vocabulary
 

@@ -26,7 +26,7 @@ import torch
 
 import sdi.io
 import sdi.train.loop as loop
-from one_line import error_line, snapshot
+from helpers import error_line, snapshot
 from sdi import run_folder
 from sdi.cli.main import main
 from sdi.limits import SEED_MAX

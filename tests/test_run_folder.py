@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import sdi.train.loop as loop
-from one_line import error_line, snapshot
+from helpers import Killed, error_line, kill_at, snapshot
 from sdi import run_folder
 from sdi.cli.main import main
 from sdi.run_folder import CHECKPOINT, CONFIG, METRICS, PREVIOUS
@@ -44,22 +43,6 @@ def tiny_preset(monkeypatch):
                      checkpoint_every=2)
     monkeypatch.setitem(PRESETS, "tiny", preset)
     return preset
-
-
-class Killed(Exception):
-    """Stands for the process being killed."""
-
-
-def kill_at(monkeypatch, step: int) -> None:
-    """The training step that starts at ``step`` raises, like a kill in the middle of it."""
-    real = loop.training_step
-
-    def step_or_die(state, *args, **kwargs):
-        if state.step == step:
-            raise Killed(f"killed at step {step}")
-        return real(state, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "training_step", step_or_die)
 
 
 # ---------------------------------------------------------------------------------- one run per folder

@@ -30,6 +30,8 @@ METRICS = "metrics.json"
 LOCK = ".sdi.lock"
 RUN_FILES = (CONFIG, CHECKPOINT, PREVIOUS, METRICS)
 """Files whose presence means a folder holds a run."""
+LEFTOVER = re.compile(r"\..+\.[0-9a-f]{8}\.tmp(\.\w+)?|\." + re.escape(PREVIOUS) + r"\.\d+\.tmp")
+"""Names of the temporary files of ``sdi.io.atomic_path`` and ``keep_previous``."""
 SLUG_CHARS = 60
 """Longest prompt part of a default folder name (file systems allow 255 bytes a name)."""
 
@@ -190,9 +192,9 @@ def _same_file(fd: int, path: Path) -> bool:
 @contextlib.contextmanager
 def claim(run_dir: Path, resume: bool = False, overwrite: bool = False) -> Iterator[list[Path]]:
     """Hold ``run_dir`` for one run: create it, take its lock, remove temporary files a killed writer left, and
-    check (under the lock) that it holds a checkpoint to continue (``resume``) or no run (unless ``overwrite``). Yields the files of the run being
-    overwritten, for ``remove_files`` after the new run's first checkpoint. A folder this created and left empty
-    is removed again."""
+    check (under the lock) that it holds a checkpoint to continue (``resume``) or no run (unless ``overwrite``).
+    Yields the files of the run being overwritten, for ``remove_files`` after the new run's first checkpoint.
+    A folder this created and left empty is removed again."""
     if resume and overwrite:
         raise RunFolderError("give --resume or --overwrite, not both")
     check_new(run_dir, overwrite=True)  # a file in the way
@@ -203,13 +205,14 @@ def claim(run_dir: Path, resume: bool = False, overwrite: bool = False) -> Itera
         raise write_error(run_dir, error) from error
     try:
         with locked(run_dir):
-            for leftover in run_dir.glob(".*.tmp*"):  # temporary files of a writer killed mid-write
-                leftover.unlink(missing_ok=True)
+            for leftover in run_dir.iterdir():  # temporary files of a writer killed mid-write
+                if LEFTOVER.fullmatch(leftover.name):
+                    leftover.unlink(missing_ok=True)
             if resume:
                 check_resumable(run_dir)
             else:
                 check_new(run_dir, overwrite)
-            yield run_files(run_dir) if overwrite else []
+            yield run_files(run_dir) if overwrite and describe(run_dir) else []
     finally:
         if created:
             with contextlib.suppress(OSError):

@@ -64,10 +64,9 @@ def write_result(prior, result, out: Path, info: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Check the arguments before building the prior (seconds for the built-in set).
-    if args.prompt is None and args.prior.startswith("sd:") or args.prompt is not None and not args.prompt.strip():
+    if (args.prompt is None and args.prior.startswith("sd:")) or (args.prompt is not None and not args.prompt.strip()):
         raise ValueError("empty --prompt; give a label of the prior (see its list in the error for an unknown one)")
-    run_folder.check_new(args.out, overwrite=True)  # only a file in the way: earlier 2D outputs are replaced
-    with run_folder.claim(args.out, overwrite=True):
+    with run_folder.claim(args.out, overwrite=True):  # refuses a file in the way; earlier 2D outputs are replaced
         from sdi.data.builtin import DEFAULT_LABEL
 
         prompt = args.prompt if args.prompt is not None else DEFAULT_LABEL

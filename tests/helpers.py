@@ -1,10 +1,11 @@
-"""Helpers for tests of the command line's errors: one line on stderr, exit status 2, nothing lost."""
+"""Shared test helpers: the command line's one-line errors, snapshots of a folder's files, a run killed mid-step."""
 
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
+import sdi.train.loop as loop
 from sdi.cli.main import main
 
 
@@ -26,3 +27,19 @@ def snapshot(folder: Path) -> dict[str, str]:
     """Every file under ``folder`` (relative path -> sha256 of its bytes)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+def kill_at(monkeypatch, step: int) -> None:
+    """Make the training step that starts at ``step`` raise, like a kill in the middle of it."""
+    real = loop.training_step
+
+    def step_or_die(state, *args, **kwargs):
+        if state.step == step:
+            raise Killed(f"killed at step {step}")
+        return real(state, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "training_step", step_or_die)
