@@ -68,9 +68,10 @@ def test_the_default_folder_of_a_finished_run_is_never_reused(capsys, finished, 
     assert json.loads((Path("runs/a-red-cube-fast-s0-2") / METRICS).read_text())["steps"] == 2
 
 
-def test_default_folder_names_stay_short():
-    name = run_folder.default_name("a " * 300 + "red cube " + "with " * 100, "fast", 7)
+def test_default_folder_names_stay_short(tmp_path):
+    name = run_folder.default_name("a " * 300 + "red cube " + "with " * 100, "fast", 7)  # a valid prompt
     assert len(name) <= run_folder.SLUG_CHARS + len("-fast-s7") and name.endswith("-fast-s7")
+    (tmp_path / "runs" / name).mkdir(parents=True)  # the file system takes it
     assert run_folder.default_name("🙂", "fast", 0) == "run-fast-s0"
 
 
