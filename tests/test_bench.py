@@ -3,10 +3,14 @@ SIGKILLed job, resume, Ray), the Markdown report, and CLIP score / CLIP-IQA on a
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ipaddress
 import json
 import math
+import os
 import string
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +19,14 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from bench_toy_jobs import FIX_ENV
+import sdi.bench.runner as runner
 from sdi import metrics
 from sdi.bench.report import line_plot, summarize, write_report
 from sdi.bench.runner import ROW_COLUMNS, Job, read_runs, run_grid
+from sdi.bench.selftest import FIX_ENV
+from sdi.errors import UserError
 
-TOY = "bench_toy_jobs:toy_job"
+TOY = "sdi.bench.selftest:toy_job"
 
 
 def _images(b=2, h=24, w=28, seed=0):
@@ -195,22 +201,87 @@ def test_run_grid_records_killed_job_and_resumes(tmp_path, monkeypatch):
 
 def test_run_grid_rejects_bad_input(tmp_path):
     with pytest.raises(ValueError, match="module:function"):
-        run_grid([], "bench_toy_jobs.toy_job", tmp_path)
+        run_grid([], "sdi.bench.selftest.toy_job", tmp_path)
     job = Job("toy", "sdi", "", 0)
     with pytest.raises(ValueError, match="duplicate"):
         run_grid([job, job], TOY, tmp_path)
-    rows = run_grid([job], "bench_toy_jobs:not_a_dict", tmp_path, workers=1, progress=False)
+    rows = run_grid([job], "sdi.bench.selftest:not_a_dict", tmp_path, workers=1, progress=False)
     assert rows[0]["status"] == "failed" and "dict of metrics" in rows[0]["error"]
 
 
-def test_run_grid_ray_local(tmp_path, monkeypatch):
-    # Not skipped when Ray is missing: ray is a test dependency, and run_grid says `pip install ray`.
+def listening_addresses() -> list[str]:
+    """Local addresses of the TCP sockets listening in this process and its descendants (Ray's GCS, raylet,
+    workers and agents), read from /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree, grew = {os.getpid()}, True
+    while grew:
+        grown = tree | {pid for pid, parent in parents.items() if parent in tree}
+        grew, tree = grown != tree, grown
+    inodes = set()
+    for pid in tree:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(fd)
+                if link.startswith("socket:["):
+                    inodes.add(link[8:-1])
+    addresses = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # LISTEN
+                addresses.append(_address(cols[1].split(":")[0]))
+    return addresses
+
+
+def _address(hex_ip: str) -> str:
+    """/proc/net/tcp's little-endian hex address as text (IPv4, or IPv6 with its IPv4-mapped form)."""
+    raw = bytes.fromhex(hex_ip)
+    ip = ipaddress.ip_address(b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4)))
+    return str(getattr(ip, "ipv4_mapped", None) or ip)
+
+
+def test_run_grid_ray_local_listens_on_loopback_only(tmp_path, monkeypatch):
+    # Not skipped when Ray is missing: ray is a test dependency, and run_grid says `pip install 'sdi[bench]'`.
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    seen, real = [], runner.write_runs
+    monkeypatch.setattr(runner, "write_runs", lambda *a: seen.append(listening_addresses()) or real(*a))
     jobs = [Job("toy", "sdi", "a cat", s, {"scale": 3.0}) for s in range(2)]
     rows = run_grid(jobs, TOY, tmp_path, workers=2, ray_address="local", progress=False)
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert [r["score"] for r in rows] == [0.0, 3.0]
     assert len(read_runs(tmp_path / "runs.csv")) == 2
+    listening = seen[0]  # while Ray ran a job
+    assert len(listening) >= 3, listening  # GCS, raylet, the driver's core worker at least
+    loopback = {"127.0.0.1", "::1"}
+    assert set(listening) <= loopback, f"Ray listens beyond 127.0.0.1: {sorted(set(listening) - loopback)}"
+
+
+def test_ray_missing_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(UserError, match=r"--ray needs Ray, which is not installed: pip install 'sdi\[bench\]'"):
+        run_grid([Job("toy", "sdi", "a cat", 0)], TOY, tmp_path, ray_address="local", progress=False)
+
+
+def test_a_worker_imports_job_functions_from_the_fixed_list_only(tmp_path):
+    (tmp_path / "evil.py").write_text("raise SystemExit('imported')\n")
+    with pytest.raises(ValueError, match="job functions come from sdi.bench.suites, sdi.bench.selftest only"):
+        run_grid([Job("toy", "sdi", "", 0)], "evil:run", tmp_path)
+    # The worker takes its function from its command line, never from the spec file in the output folder.
+    spec = tmp_path / "job.spec.json"
+    spec.write_text(json.dumps({"job": Job("toy", "sdi", "a cat", 2).to_dict(), "job_fn": "evil:run",
+                                "sys_path": [str(tmp_path)]}))
+    runner._worker_main(TOY, str(spec), str(tmp_path / "result.json"))
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "ok" and result["metrics"]["score"] == 2.0 and "evil" not in sys.modules
+    runner._worker_main("evil:run", str(spec), str(tmp_path / "result.json"))
+    assert "job functions come from" in json.loads((tmp_path / "result.json").read_text())["error"]
+    assert "evil" not in sys.modules
 
 
 # -------------------------------------------------------------------------------------------- report

@@ -8,28 +8,18 @@ import shutil
 import pytest
 from PIL import Image
 
+from helpers import error_line
 from sdi.cli.main import main
 from sdi.scene.catalog import vocabulary
 
 TINY_PROMPT = "a red cube"  # as in conftest.py
 
 
-def error_line(capsys, argv) -> str:
-    """Run ``sdi argv``; it must exit 2 with exactly one line on stderr, which is returned."""
-    status = main(argv)
-    err = capsys.readouterr().err
-    assert status == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"sdi {argv[0]}: error: ")
-    return lines[0]
-
-
 def argparse_error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err
+    """An argument argparse refuses: the same one line, ending with where to read the usage."""
+    line = error_line(capsys, argv)
+    assert line.endswith(f"see `sdi {argv[0]} --help`")
+    return line
 
 
 # ---------------------------------------------------------------------------------------------- 2d
@@ -174,6 +164,7 @@ def test_generate_resume_corrupt_checkpoint(capsys, tmp_path, generated_run):
     checkpoint.write_bytes(bytes(data))
     line = error_line(capsys, ["generate", "--resume", str(run_dir), "--quiet"])
     assert "corrupt" in line and str(checkpoint) in line
+    assert "no earlier checkpoint is kept" in line  # a 3-step run checkpoints once: nothing before it
     assert checkpoint.read_bytes() == bytes(data)  # reported, never deleted or rewritten
 
 
@@ -230,3 +221,43 @@ def test_catalog_prints_the_vocabulary(capsys):
     for kind, words in vocabulary().items():
         assert kind in out and all(word in out for word in words)
     assert 'sdi generate "' in out
+
+
+# ------------------------------------------------------------------------------------ fast to say no
+
+LIGHT_CHECK = """
+import contextlib, io, json, sys
+from sdi.cli.main import main
+codes = []
+for argv in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            codes.append(main(argv))
+        except SystemExit as exit:
+            codes.append(exit.code)
+print(json.dumps([codes, sorted(m for m in ("torch", "numpy", "PIL", "diffusers", "transformers", "ray", "tqdm")
+                                if m in sys.modules)]))
+"""
+
+
+def test_help_and_argument_errors_import_nothing_heavy(tmp_path, generated_run):
+    """`sdi --help` and errors found in the arguments or the run folder answer before torch is imported (the
+    wall times are measured by benchmarks/cli_startup.py). A subcommand's --help lists the registries (presets,
+    2D methods), which imports them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "afile").write_text("x")
+    argvs = [["--help"], ["generate", ""], ["generate", TINY_PROMPT, "--steps", "0"],
+             ["generate", TINY_PROMPT, "--seed", str(2**64)], ["generate", TINY_PROMPT, "--out", str(tmp_path / "afile")],
+             ["generate", TINY_PROMPT, "--out", str(generated_run[0])], ["generate", "--resume", str(tmp_path)],
+             ["2d", "--cfg", "nan"], ["2d", "--out", str(tmp_path / "afile")], ["bench", "2d", "--workers", "0"],
+             ["bench", "2d", "--ray", "local", "--steps", "0"], ["export", "--help"], ["catalog", "--help"], ["frob"]]
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+    done = subprocess.run([sys.executable, "-c", LIGHT_CHECK, json.dumps(argvs)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    codes, heavy = json.loads(done.stdout.strip().splitlines()[-1])
+    assert codes == [0, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 2] and heavy == [], done.stderr

@@ -15,7 +15,8 @@ from torch import nn
 
 from sdi.export.mesh import EmptyVolumeError, auto_threshold, extract_mesh, save_mesh
 from sdi.export.video import save_turntable
-from sdi.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, image_grid, save_image
+from sdi.io import (all_or_nothing, atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text,
+                    image_grid, save_image)
 from sdi.train.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -53,6 +54,48 @@ def test_atomic_path_keeps_old_file_when_writer_raises(tmp_path):
 def test_atomic_write_missing_folder_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         atomic_write_text(tmp_path / "nope" / "a.txt", "x")
+
+
+def test_json_is_always_valid_json(tmp_path):
+    atomic_write_json(tmp_path / "m.json", {"loss": float("nan"), "x": [1.5, float("inf"), {"y": -float("inf")}]})
+    text = (tmp_path / "m.json").read_text()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON")) == {"loss": None,
+                                                                                        "x": [1.5, None, {"y": None}]}
+
+
+def test_all_or_nothing_replaces_a_group_of_files_together(tmp_path):
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text("old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with all_or_nothing():
+            atomic_write_text(tmp_path / "a.txt", "new")
+            assert (tmp_path / "a.txt").read_text() == "old"  # held back until the block ends
+            raise RuntimeError("boom")
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"] and (tmp_path / "a.txt").read_text() == "old"
+    with all_or_nothing() as written:
+        atomic_write_text(tmp_path / "a.txt", "new")
+        atomic_write_text(tmp_path / "b.txt", "new")
+    assert written == [tmp_path / "a.txt", tmp_path / "b.txt"]
+    assert [(tmp_path / n).read_text() for n in ("a.txt", "b.txt")] == ["new", "new"]
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]
+
+
+def test_a_full_disk_names_the_file_and_the_room_it_needed(tmp_path, monkeypatch):
+    import errno
+
+    import sdi.io
+    from sdi.errors import WriteError
+
+    def full(path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(sdi.io, "_fsync_file", full)
+    (tmp_path / "a.bin").write_bytes(b"old")
+    with pytest.raises(WriteError) as error:
+        atomic_write_bytes(tmp_path / "a.bin", b"\0" * 3000)
+    assert str(error.value).startswith(f"no room to write {tmp_path / 'a.bin'}: it needs 2.9 KiB, ")
+    assert "free on its disk; files written before are intact" in str(error.value)
+    assert (tmp_path / "a.bin").read_bytes() == b"old" and os.listdir(tmp_path) == ["a.bin"]
 
 
 def test_save_image_and_grid(tmp_path):

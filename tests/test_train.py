@@ -15,6 +15,7 @@ from PIL import Image
 
 import sdi.io
 import sdi.train.loop as loop
+from helpers import Killed, kill_at
 from sdi.diffusion.denoiser import CountingDenoiser
 from sdi.train.checkpoint import load_checkpoint, save_checkpoint
 from sdi.train.loop import TrainingDiverged, new_state, train, training_step
@@ -153,22 +154,6 @@ def test_same_seed_same_run(tmp_path, tiny_preset):
     assert_same_checkpoint(tmp_path / "a", tmp_path / "b")
     other = train_run(tmp_path / "c", replace(config, seed=4), progress=False)
     assert other["final_loss"] != first["final_loss"]
-
-
-class Killed(Exception):
-    """Stands for the process being killed."""
-
-
-def kill_at(monkeypatch, step: int):
-    """Make the training step that starts at ``step`` raise, like a kill in the middle of it."""
-    real = loop.training_step
-
-    def step_or_die(state, *args, **kwargs):
-        if state.step == step:
-            raise Killed(f"killed at step {step}")
-        return real(state, *args, **kwargs)
-
-    monkeypatch.setattr(loop, "training_step", step_or_die)
 
 
 def test_killed_run_resumes_to_the_same_parameters(tmp_path, tiny_preset, monkeypatch):

@@ -3,14 +3,19 @@
 Every artefact SDI writes (checkpoints, images, meshes, videos, JSON records) goes through
 ``atomic_path``: it is written to a temporary file in the destination folder, flushed to disk and
 only then ``os.replace``'d onto the final name, so a crash or an exception never leaves a
-half-written file behind and never destroys the previous version.
+half-written file behind and never destroys the previous version. Inside ``all_or_nothing()`` the
+renames wait for the end of the block, so a group of files (a run's exports) is replaced together or
+not at all. A write that fails for a reason of the disk (full, read-only, name too long) raises
+``sdi.errors.WriteError``, whose one-line message names the file and the room it needed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import io
 import json
+import math
 import os
 import secrets
 from pathlib import Path
@@ -21,7 +26,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from sdi.errors import write_error
+
 PathLike = str | os.PathLike[str]
+
+_held_back: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("held_back", default=None)
+"""(temporary file, destination) pairs written inside ``all_or_nothing``, renamed when it ends."""
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -45,12 +55,13 @@ def _fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
+def atomic_path(path: PathLike, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is fsync'ed and renamed onto ``path``.
 
     The temporary name keeps ``path``'s suffix (``.mp4``, ``.png``...) so writers that pick a format
     from the extension work. If the body raises, the temporary file is removed and any existing
-    ``path`` is left untouched. The parent folder must exist.
+    ``path`` is left untouched; a fault of the disk becomes a ``WriteError`` (``size``: the bytes to
+    write, for its message). The parent folder must exist.
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -61,16 +72,50 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         if not tmp.exists():
             raise FileNotFoundError(f"writer produced no file at {tmp} for {path}")
         _fsync_file(tmp)
+        held_back = _held_back.get()
+        if held_back is not None:
+            held_back.append((tmp, path))
+            return
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        translated = write_error(path, error, size) if isinstance(error, OSError) else error
+        if translated is not error:
+            raise translated from error
         raise
     _fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[list[Path]]:
+    """Hold back every atomic write of the block: each file is written under its temporary name and all are
+    renamed onto their names when the block ends without an error; on an error they are removed and every
+    earlier file is untouched. Yields a list that then holds the paths written. A nested block belongs to the
+    outermost one (and its list stays empty)."""
+    if _held_back.get() is not None:
+        yield []
+        return
+    pending: list[tuple[Path, Path]] = []
+    token = _held_back.set(pending)
+    written: list[Path] = []
+    try:
+        yield written
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _held_back.reset(token)
+    for tmp, path in pending:
+        os.replace(tmp, path)
+    for folder in {path.parent for _, path in pending}:
+        _fsync_dir(folder)
+    written.extend(path for _, path in pending)
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; returns the path."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, len(data)) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
     return Path(path)
@@ -82,8 +127,20 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically; returns the path."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically; returns the path. NaN and infinities,
+    which JSON lacks, are written as null, so the file is always valid JSON."""
+    return atomic_write_text(path, json.dumps(finite_or_null(obj), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every non-finite float (in nested dicts, lists and tuples) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
 
 
 def to_uint8(images: Tensor | np.ndarray) -> np.ndarray:

@@ -60,7 +60,7 @@ def load_clip(folder: str | Path, device: str | torch.device = "cpu") -> Clip:
             f"no CLIP model at {folder} (config.json missing): on a machine with network run "
             f"`hf download openai/clip-vit-base-patch32 --local-dir {folder}` and pass that folder"
         )
-    model = CLIPModel.from_pretrained(folder, local_files_only=True).to(device).eval()
+    model = CLIPModel.from_pretrained(folder, local_files_only=True, use_safetensors=True).to(device).eval()
     tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
     mean, std = OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     pre = folder / "preprocessor_config.json"

@@ -1,7 +1,8 @@
 """A crash-tolerant grid runner: every job in its own process (or Ray task), results in ``runs.csv``.
 
-A job function is named by an importable ``"package.module:function"`` string, so the same grid
-runs in local subprocesses and on a Ray cluster. It takes a ``Job`` and returns a flat
+A job function is named by a ``"package.module:function"`` string, so the same grid runs in local
+subprocesses and on a Ray cluster; its module must be one of ``JOB_MODULES`` (a worker never imports a
+module named anywhere else, e.g. in a file of the output folder). It takes a ``Job`` and returns a flat
 ``dict[str, float | str]`` of metrics. A job that raises, or whose process dies (out of memory,
 SIGKILL, segfault), is recorded with status ``failed`` and its error; the runner itself goes on.
 
@@ -9,7 +10,8 @@ SIGKILL, segfault), is recorded with status ``failed`` and its error; the runner
 and is rewritten atomically after every finished job, so an interrupted grid loses nothing and
 ``resume=True`` re-runs only the failed and missing jobs. Subprocess logs go to ``out_dir/logs/``.
 
-Worker entry point: ``python -m sdi.bench.runner SPEC.json RESULT.json`` (used internally).
+Worker entry point: ``python -m sdi.bench.runner MODULE:FUNCTION SPEC.json RESULT.json`` (used internally; the
+spec holds the job's data only). ``ray_address="local"`` starts Ray listening on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -33,8 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sdi.errors import UserError
+
 ROW_COLUMNS = ("key", "suite", "method", "prompt", "seed", "params", "status", "error", "wall_s")
 """The fixed leading columns of ``runs.csv``; a job function may not return metrics with these names."""
+
+JOB_MODULES = ("sdi.bench.suites", "sdi.bench.selftest")
+"""The only modules job functions are imported from."""
 
 Metric = float | int | str
 Record = Callable[["Job", dict[str, Any]], None]
@@ -110,10 +117,12 @@ class Job:
 
 
 def load_job_fn(path: str) -> Callable[[Job], Mapping[str, Metric]]:
-    """Import ``"package.module:function"`` (the attribute may be dotted, ``module:Class.method``)."""
+    """Import ``"package.module:function"`` from one of JOB_MODULES (the attribute may be dotted)."""
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"job_fn_path must look like 'package.module:function', got {path!r}")
+    if module_name not in JOB_MODULES:
+        raise ValueError(f"job functions come from {', '.join(JOB_MODULES)} only, not {module_name!r}")
     obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         obj = getattr(obj, part)
@@ -142,7 +151,7 @@ def _check_metrics(out: Any) -> dict[str, Metric]:
 
 def _execute(job_fn_path: str, job: dict[str, Any], sys_path: list[str]) -> dict[str, Any]:
     """Run one job in the current process; exceptions become a ``failed`` result (traceback to stderr)."""
-    for p in sys_path:  # make the parent's import roots (e.g. a tests folder) importable here too
+    for p in sys_path:  # a Ray task: make the driver's import roots importable here too
         if p not in sys.path and (p == "" or os.path.isdir(p)):
             sys.path.append(p)
     t0 = time.perf_counter()
@@ -155,9 +164,10 @@ def _execute(job_fn_path: str, job: dict[str, Any], sys_path: list[str]) -> dict
         return {"status": "failed", "error": error, "metrics": {}, "wall_s": time.perf_counter() - t0}
 
 
-def _worker_main(spec_path: str, result_path: str) -> None:
+def _worker_main(job_fn_path: str, spec_path: str, result_path: str) -> None:
+    """Run the job of SPEC.json (its data only) with the job function the parent named on the command line."""
     spec = json.loads(Path(spec_path).read_text())
-    result = _execute(spec["job_fn"], spec["job"], spec["sys_path"])
+    result = _execute(job_fn_path, spec["job"], [])
     atomic_write_text(result_path, json.dumps(result))
 
 
@@ -256,9 +266,9 @@ def _run_subprocesses(jobs: list[Job], job_fn_path: str, out_dir: Path, workers:
                 name = _safe_name(job.key)
                 spec, result, log = work / f"{name}.spec.json", work / f"{name}.result.json", logs / f"{name}.log"
                 result.unlink(missing_ok=True)
-                spec.write_text(json.dumps({"job_fn": job_fn_path, "job": job.to_dict(), "sys_path": sys.path}))
+                spec.write_text(json.dumps({"job": job.to_dict()}))
                 with open(log, "w") as log_file:
-                    cmd = [sys.executable, "-m", "sdi.bench.runner", str(spec), str(result)]
+                    cmd = [sys.executable, "-m", "sdi.bench.runner", job_fn_path, str(spec), str(result)]
                     proc = subprocess.Popen(
                         cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
                     )
@@ -284,20 +294,38 @@ def _run_subprocesses(jobs: list[Job], job_fn_path: str, out_dir: Path, workers:
             work.rmdir()
 
 
+_RAY_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+"""Set to 0, Ray takes 127.0.0.1 as the node's address (as it does on a laptop), and every server it starts
+(GCS, raylet, workers, agents) listens there; ``_node_ip_address`` alone is turned back into the LAN address."""
+
+
+def _start_local_ray(ray, workers: int) -> None:
+    """A Ray instance on this machine listening on 127.0.0.1 only; refused, and stopped, if it is not."""
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    address = ray.util.get_node_ip_address()
+    if address != "127.0.0.1":
+        ray.shutdown()
+        raise UserError(f"Ray started on {address}, not 127.0.0.1 only (was it imported before "
+                        f"{_RAY_LOOPBACK_ENV}=0 was set?); start it yourself, `ray start --head "
+                        "--node-ip-address 127.0.0.1`, and pass --ray auto")
+
+
 def _ray_task(job_fn_path: str, job: dict[str, Any], sys_path: list[str]) -> dict[str, Any]:
     return _execute(job_fn_path, job, sys_path)
 
 
 def _run_ray(jobs: list[Job], job_fn_path: str, ray_address: str, workers: int, record: Record) -> None:
     """One Ray task per job: ``num_gpus=1`` when the cluster has GPUs, else ``num_cpus=1``; no retries."""
+    if ray_address == "local":
+        os.environ[_RAY_LOOPBACK_ENV] = "0"  # before Ray is imported, which reads it once; its servers inherit it
     try:
         import ray
     except ImportError:
-        raise ImportError("ray_address needs Ray, which is not installed: pip install ray") from None
+        raise UserError("--ray needs Ray, which is not installed: pip install 'sdi[bench]'") from None
     started = not ray.is_initialized()
     if started:
         if ray_address == "local":
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            _start_local_ray(ray, workers)
         else:
             ray.init(address=ray_address, log_to_driver=False)
     try:
@@ -383,9 +411,9 @@ def _normalise(row: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python -m sdi.bench.runner SPEC.json RESULT.json (internal worker entry point)")
+    if len(sys.argv) != 4:
+        sys.exit("usage: python -m sdi.bench.runner MODULE:FUNCTION SPEC.json RESULT.json (internal worker entry point)")
     # Call through the imported module so the job function receives ``sdi.bench.runner.Job``, not ``__main__.Job``.
     from sdi.bench.runner import _worker_main as main
 
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -20,14 +20,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from sdi.bench.runner import Job
-from sdi.train.run import peak_memory_mb
 
 SUITES = ("2d", "3d", "ablations", "sd")
 
 # ----------------------------------------------------------------------------------------------- common
+
+
+def peak_memory_mb() -> float:
+    """``sdi.train.run.peak_memory_mb``, imported when a job reports it (importing this module needs no torch)."""
+    from sdi.train.run import peak_memory_mb as peak
+
+    return peak()
 
 
 def run_dir_of(job: Job) -> Path:
@@ -42,7 +46,7 @@ def fit(run_dir: Path, config, preset) -> tuple[object, dict] | None:
     from sdi.train.run import restore_state, train_run
 
     try:
-        trained = train_run(run_dir, config, progress=False, preset=preset)
+        trained = train_run(run_dir, config, progress=False, preset=preset, overwrite=True)  # a re-run replaces it
     except TrainingDiverged:
         return None
     state, _ = restore_state(run_dir, preset, config.seed, trained["device"])
@@ -88,6 +92,8 @@ def grid_2d(
 def job_2d(job: Job) -> dict:
     """Run DDIM and the job's method from the seed's noise; distance and detail relative to the DDIM sample,
     distance to the prior's nearest sample."""
+    import torch
+
     from sdi.data.builtin import builtin_images
     from sdi.twod import image_prior, measure, run_ddim, run_rule, seed_noise
 
@@ -163,7 +169,7 @@ def job_3d(job: Job) -> dict:
     resolution = int(p["resolution"]) if "resolution" in p else None
     config = RunConfig(job.prompt, METHODS_3D[job.method], "embedded", int(p["steps"]), job.seed, resolution)
     try:
-        trained = train_run(run_dir_of(job), config, progress=False)
+        trained = train_run(run_dir_of(job), config, progress=False, overwrite=True)  # a re-run replaces it
     except TrainingDiverged:  # NaN loss: a diverged run (Table 1's column), not a failed job
         return {"diverged": 1.0, "peak_memory_mb": peak_memory_mb()}
     quality = evaluate_run(run_dir_of(job))
@@ -212,6 +218,8 @@ def eq8_key(t: float) -> str:
 def job_eq8(job: Job) -> dict:
     """Eq. 8 residual (rescaled to x0, ``eq8_residual``) of one kappa estimator at every t, on ground-truth
     renders of the job's catalog object (as x0 in [-1, 1]) at held-out cameras, under the multi-view prior."""
+    import torch
+
     from sdi.distill.noise import NoiseQuery, eq8_residual
     from sdi.distill.timesteps import to_level
     from sdi.priors.multiview import build_multiview_prior
@@ -385,6 +393,8 @@ def grid_sd(runs_dir: Path, sd: str, clip: str, prompts=SD_PROMPTS, seeds: int =
 def job_sd(job: Job) -> dict:
     """Train the method's preset on Stable Diffusion, render ``views`` turntable views, score them with
     CLIP score (vs the prompt) and CLIP-IQA (quality, sharpness, real; x100 as in Table 1)."""
+    import torch
+
     from sdi.bench.clip_score import clip_iqa, clip_score, load_clip
     from sdi.export.run_outputs import render_views
     from sdi.scene.cameras import turntable_cameras

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shlex
 import time
 from pathlib import Path
 
 from sdi.bench import suites
-from sdi.twod import PRIORS_2D
+from sdi.cli.args import Registry, at_least
+from sdi.errors import UserError
 
 JOB_FN = {"2d": "sdi.bench.suites:job_2d", "3d": "sdi.bench.suites:job_3d",
           "ablations": "sdi.bench.suites:job_ablation", "sd": "sdi.bench.suites:job_sd"}
@@ -17,28 +19,24 @@ JOB_FN = {"2d": "sdi.bench.suites:job_2d", "3d": "sdi.bench.suites:job_3d",
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("suite", choices=suites.SUITES, help="which benchmark")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default out/bench-<suite>)")
-    parser.add_argument("--workers", type=int, default=2, help="concurrent jobs (default 2)")
-    parser.add_argument("--ray", default=None, metavar="ADDRESS", help="run on Ray: 'local', 'auto' or ray://host:port")
+    parser.add_argument("--workers", type=at_least(1), default=2, help="concurrent jobs (default 2)")
+    parser.add_argument("--ray", default=None, metavar="ADDRESS",
+                        help="run on Ray: 'local' (a Ray instance on 127.0.0.1 only), 'auto' or ray://host:port")
     parser.add_argument("--resume", action="store_true", help="skip jobs already ok in OUT/runs.csv")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per cell (2d: 3, 3d: 2, ablations: 2, sd: 1)")
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--seeds", type=at_least(1), default=None, help="seeds per cell (2d: 3, 3d: 2, ablations: 2, sd: 1)")
+    parser.add_argument("--steps", type=at_least(1), default=None,
                         help=f"steps per run (2d: 50, 3d/ablations: {suites.STEPS_3D}, sd: the preset's 10000)")
     parser.add_argument("--prompts", nargs="+", default=None,
                         help="labels (2d), catalog objects (3d, ablations) or text prompts (sd)")
     parser.add_argument("--methods", nargs="+", default=None, help="subset of the suite's methods")
-    parser.add_argument("--resolution", type=int, default=None,
+    parser.add_argument("--resolution", type=at_least(8), default=None,
                         help=f"render size override (3d, sd; ablations default {suites.ABLATION_RESOLUTION})")
-    parser.add_argument("--prior", default=None, choices=PRIORS_2D,
-                        help="2d: closed-form prior over the built-in set (default patches)")
+    parser.add_argument("--prior", default=None, choices=Registry("sdi.twod", "PRIORS_2D"), metavar="PRIOR",
+                        help="2d: closed-form prior over the built-in set, %(choices)s (default patches)")
     parser.add_argument("--sd", default=None, metavar="PATH", help="local Stable Diffusion folder (sd suite)")
     parser.add_argument("--clip", default=None, metavar="PATH", help="local CLIP folder (sd suite)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
-
-
-def positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise ValueError(f"--{name} must be positive, got {value}")
 
 
 def build_jobs(args: argparse.Namespace, out: Path) -> list:
@@ -78,11 +76,11 @@ def command_line(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     from sdi.bench.runner import run_grid
 
-    for name in ("workers", "seeds", "steps", "resolution"):
-        positive(name, getattr(args, name))
     out = args.out or Path("out") / f"bench-{args.suite}"
     if args.prior and args.suite != "2d":
         raise ValueError("--prior is an option of the 2d suite (the 3d ones use the embedded prior, sd uses --sd)")
+    if args.ray is not None and importlib.util.find_spec("ray") is None:
+        raise UserError("--ray needs Ray, which is not installed: pip install 'sdi[bench]'")
     jobs = build_jobs(args, out)
     command = command_line(args)
     start = time.perf_counter()

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from sdi.cli.generate import add_device_argument, export, with_device
-from sdi.io import atomic_write_json
-from sdi.train.run import read_config
+from sdi import run_folder
+from sdi.cli.generate import add_device_argument, with_device, write_outputs
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
@@ -18,10 +16,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sdi.train.run import read_config
+
     config = with_device(read_config(args.run_dir), args.device)
-    written = export(args.run_dir, config)
-    metrics_path = args.run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    atomic_write_json(metrics_path, {**metrics, "exports": written})
+    metrics = run_folder.read_json(args.run_dir / run_folder.METRICS)  # {} when missing or unreadable
+    written = write_outputs(args.run_dir, config, metrics)["exports"]
     print(f"exported {args.run_dir}: " + ", ".join(written))
     return 0

@@ -187,8 +187,11 @@ def resolve_weights(spec: str, cache_dir: str | Path | None = None) -> Path:
     if path.is_dir():
         root = path
     elif _is_hub_id(spec) and not path.exists():
-        from huggingface_hub import snapshot_download
-
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            raise PriorLoadError(f"{spec!r} is not a folder, and looking it up in the Hugging Face cache needs "
+                                 "huggingface_hub: pip install 'sdi[sd]' (or give a local diffusers folder)") from None
         try:
             root = Path(snapshot_download(spec, cache_dir=cache_dir, local_files_only=True))
         except Exception as err:  # noqa: BLE001 - any cache miss means "not available offline"
@@ -199,7 +202,25 @@ def resolve_weights(spec: str, cache_dir: str | Path | None = None) -> Path:
     missing = [s for s in SUBFOLDERS if not (root / s).is_dir()]
     if missing:
         raise PriorLoadError(f"{str(root)!r} lacks {', '.join(missing)}; {_how_to_get(spec)}")
+    check_safetensors(root)
     return root
+
+
+WEIGHT_FOLDERS = ("unet", "vae", "text_encoder")
+"""Subfolders holding weights; each must hold them as safetensors (never pickle: it can run code)."""
+
+
+def check_safetensors(root: Path) -> None:
+    """A one-line error for a weight subfolder without ``.safetensors`` files (e.g. only pickled ``.bin``), before
+    diffusers sees it; the loaders then run with ``use_safetensors=True``, so no pickle is ever opened."""
+    for name in WEIGHT_FOLDERS:
+        files = [p.name for p in (root / name).iterdir() if p.is_file()]
+        if not any(f.endswith((".safetensors", ".safetensors.index.json")) for f in files):
+            pickled = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
+            held = f"only {', '.join(sorted(pickled))}" if pickled else "no weights"
+            raise PriorLoadError(f"{root / name} holds {held}, no .safetensors: SDI loads safetensors only (pickled "
+                                 "weights can run code); convert them, e.g. save_pretrained(..., "
+                                 "safe_serialization=True) on a trusted machine, or get the safetensors release")
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:
@@ -230,7 +251,7 @@ def load_stable_diffusion(
         from transformers import CLIPTextModel, CLIPTokenizer
     except ImportError as err:
         raise PriorLoadError("Stable Diffusion needs diffusers and transformers: pip install 'sdi[sd]'") from err
-    kw = dict(local_files_only=True, dtype=dtype)
+    kw = dict(local_files_only=True, dtype=dtype, use_safetensors=True)  # never unpickle
     try:
         unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", **kw).to(device)
         vae = AutoencoderKL.from_pretrained(root, subfolder="vae", **kw).to(device)

@@ -9,6 +9,7 @@ Pattern frequencies are chosen to stay visible at 64x64 (about 39 pixels per uni
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from typing import Callable
 
@@ -241,7 +242,9 @@ def parse_prompt(text: str) -> CatalogObject:
     The first color is the body, a second one the pattern's; case, articles, "with", "and" and
     punctuation are ignored. Raises ``UnknownWord`` (listing the vocabulary) or ``ValueError``.
     """
-    words = re.findall(r"[a-z0-9']+", text.lower())
+    # Whitespace and ASCII punctuation (but the apostrophe) separate words; anything else, an emoji or an accented
+    # letter, stays in its word, which is then unknown: nothing of the prompt is dropped unseen.
+    words = [w for w in re.split(r"[\s" + re.escape(string.punctuation.replace("'", "")) + "]+", text.lower()) if w]
     if not words:
         raise ValueError(f"empty prompt {text!r}; describe an object like 'a red cube with white stripes'")
     shapes, colors, patterns = [], [], []

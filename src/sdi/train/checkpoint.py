@@ -40,8 +40,8 @@ class CheckpointError(ValueError):
 
 
 def _fix(path: PathLike) -> str:
-    """The remedy appended to every unusable-checkpoint message."""
-    return f"delete {path} or resume from an earlier checkpoint"
+    """The remedy appended to an unusable-checkpoint message when the caller knows of none better."""
+    return f"delete {path} or restore it from a copy"
 
 
 def tensor_digest(tensors: dict[str, Tensor]) -> str:
@@ -75,9 +75,11 @@ def _read_metadata(data: bytes) -> dict[str, str]:
     return json.loads(data[8 : 8 + n]).get("__metadata__") or {}
 
 
-def load_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read a checkpoint written by ``save_checkpoint``; raises ``CheckpointError`` if it is unusable."""
+def load_checkpoint(path: PathLike, remedy: str | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a checkpoint written by ``save_checkpoint``; raises ``CheckpointError`` if it is unusable, ending
+    with ``remedy`` (what to do, from what the caller keeps; default: delete or restore the file)."""
     path = Path(path)
+    fix = remedy or _fix(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file; check the path or start a fresh run")
     data = path.read_bytes()
@@ -85,15 +87,15 @@ def load_checkpoint(path: PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
         tensors = safetensors.torch.load(data)
         header = _read_metadata(data)
     except Exception as e:  # safetensors raises SafetensorError, but junk headers can surface as others
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({e}); {_fix(path)}") from e
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({e}); {fix}") from e
     if header.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an SDI checkpoint (format {header.get('format')!r}); {_fix(path)}")
+        raise CheckpointError(f"{path} is not an SDI checkpoint (format {header.get('format')!r}); {fix}")
     if header.get("sha256") != tensor_digest(tensors):
-        raise CheckpointError(f"checkpoint {path} is corrupt (tensor checksum mismatch); {_fix(path)}")
+        raise CheckpointError(f"checkpoint {path} is corrupt (tensor checksum mismatch); {fix}")
     try:
         meta = json.loads(header["meta"])
     except (KeyError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} has unreadable metadata ({e}); {_fix(path)}") from e
+        raise CheckpointError(f"checkpoint {path} has unreadable metadata ({e}); {fix}") from e
     return tensors, meta
 
 

@@ -1,8 +1,9 @@
 """One run = one folder: resolved config, checkpoint, exports, metrics. Resumable.
 
-Layout of RUN_DIR: config.json, checkpoint.safetensors (atomic, every N steps and at the end),
-turntable.mp4/.gif, views.png (rgb / normals / opacity at held-out cameras), mesh.glb/.obj/.ply,
-metrics.json.
+Layout of RUN_DIR: config.json and checkpoint.safetensors (written together, atomically: every N steps, every
+60 s of training and at the end), checkpoint.prev.safetensors (the one before), turntable.mp4/.gif, views.png
+(rgb / normals / opacity at held-out cameras), mesh.glb/.obj/.ply, metrics.json. The folder belongs to one run
+(``sdi.run_folder``: refused when it holds another, locked against a second writer).
 """
 
 from __future__ import annotations
@@ -10,20 +11,27 @@ from __future__ import annotations
 import json
 import resource
 import time
-from dataclasses import asdict, dataclass, replace
+import typing
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from sdi.io import atomic_write_json
+from sdi import run_folder
+from sdi.errors import WriteError
+from sdi.io import all_or_nothing, atomic_write_json
 from sdi.diffusion.denoiser import CountingDenoiser, Denoiser
-from sdi.train.checkpoint import load_checkpoint, pack_training_state, restore_training_state, save_checkpoint
-from sdi.train.loop import TrainState, TrainingDiverged, new_state, train
+from sdi.limits import RUN_MINIMUM, check_seed
+from sdi.run_folder import CHECKPOINT, CONFIG, PREVIOUS
+from sdi.train.checkpoint import (CheckpointError, load_checkpoint, pack_training_state, restore_training_state,
+                                  save_checkpoint)
+from sdi.train.loop import StepInfo, TrainState, TrainingDiverged, new_state, train
 from sdi.train.presets import Preset, cpu_sized, get_preset
 
-CHECKPOINT = "checkpoint.safetensors"
-CONFIG = "config.json"
+CHECKPOINT_SECONDS = 60.0
+"""Default wall time between checkpoints, besides every ``preset.checkpoint_every`` steps and the last step."""
 
 
 @dataclass(frozen=True)
@@ -63,11 +71,10 @@ class RunConfig:
 
     def with_overrides(self, preset: Preset) -> Preset:
         """``preset`` with the overrides this config gives; a one-line error for a count below its minimum."""
-        least = {"steps": 1, "resolution": 8, "batch": 1, "chunk": 1}
-        given = {name: getattr(self, name) for name in least if getattr(self, name) is not None}
+        given = {name: getattr(self, name) for name in RUN_MINIMUM if getattr(self, name) is not None}
         for name, value in given.items():
-            if value < least[name]:
-                raise ValueError(f"--{name} must be at least {least[name]}, got {value}")
+            if value < RUN_MINIMUM[name]:
+                raise ValueError(f"--{name} must be at least {RUN_MINIMUM[name]}, got {value}")
         sd_names = ("gradient_checkpointing_vae", "compile_unet")
         sd = {name: getattr(self, name) for name in sd_names if getattr(self, name) is not None}
         return replace(preset, **given, stable_diffusion=replace(preset.stable_diffusion, **sd))
@@ -127,8 +134,9 @@ def save_state(
 def restore_state(
     run_dir: Path, preset: Preset, seed: int, device: torch.device | str = "cpu"
 ) -> tuple[TrainState, dict]:
-    """The state saved in RUN_DIR's checkpoint, mapped to ``device`` (raises CheckpointError on a bad file)."""
-    tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
+    """The state saved in RUN_DIR's checkpoint, mapped to ``device`` (raises CheckpointError on a bad file,
+    saying whether an earlier checkpoint is kept)."""
+    tensors, meta = load_checkpoint(run_dir / CHECKPOINT, remedy=checkpoint_remedy(run_dir))
     state = new_state(preset, seed, device)
     plain = {k: v for k, v in tensors.items() if not k.startswith("rule_state/")}
     state.step = restore_training_state(plain, meta, state.scene.modules(), {"adam": state.optimizer}, state.generator)
@@ -136,55 +144,149 @@ def restore_state(
     return state, meta["extra"]
 
 
+def checkpoint_remedy(run_dir: Path) -> str:
+    """What to do about an unusable checkpoint of RUN_DIR, from what the folder keeps."""
+    previous = run_dir / PREVIOUS
+    if previous.is_file():
+        step = run_folder.checkpoint_meta(previous).get("step")
+        return (f"the checkpoint before it (step {step}) is kept in {previous}: move it onto {run_dir / CHECKPOINT} "
+                "to go back to it, or start the run again (sdi generate --overwrite)")
+    return "no earlier checkpoint is kept: start the run again (sdi generate --overwrite)"
+
+
+def check_config_matches(run_dir: Path, config: RunConfig, extra: dict) -> None:
+    """A one-line error when RUN_DIR's checkpoint was written by another config than its config.json
+    (the device may differ: a run may continue or export on another machine)."""
+    saved = {k: v for k, v in (extra.get("config") or {}).items() if k != "device"}
+    given = {k: v for k, v in asdict(config).items() if k != "device"}
+    if saved and saved != given:
+        differ = ", ".join(sorted(k for k in given.keys() | saved.keys() if saved.get(k) != given.get(k)))
+        raise CheckpointError(f"{run_dir / CONFIG} does not match {run_dir / CHECKPOINT} (they differ in {differ}); "
+                              "restore the config.json of that checkpoint or start the run again (--overwrite)")
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def check_field_types(data: dict) -> None:
+    """A ValueError naming the first field of ``data`` whose value is not of RunConfig's type for it."""
+    hints = typing.get_type_hints(RunConfig)
+    for name, value in data.items():
+        if name not in hints:
+            continue  # RunConfig(**data) names it
+        allowed = typing.get_args(hints[name]) or (hints[name],)
+        if not any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed):
+            raise ValueError(f"field {name!r} is {value!r}, not {hints[name]}")
+
+
 def read_config(run_dir: Path) -> RunConfig:
     """RUN_DIR/config.json as a RunConfig, or a one-line error."""
     path = run_dir / CONFIG
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; is {run_dir} a folder made by `sdi generate`?")
+        raise FileNotFoundError(run_folder.no_config(run_dir))
     try:
-        return RunConfig(**json.loads(path.read_text())["run"])
-    except (ValueError, TypeError, KeyError) as error:  # bad JSON, missing "run", unknown or missing fields
+        run = json.loads(path.read_text(), parse_constant=_reject_constant)["run"]
+        check_field_types(run)
+        config = RunConfig(**run)
+        check_seed(config.seed, "seed")
+        return config
+    except (ValueError, TypeError, KeyError) as error:  # bad JSON, missing "run", unknown, missing or bad fields
         raise ValueError(f"{path} is not a run config written by `sdi generate` ({error}); "
                          "restore it or start a new run") from None
 
 
 def train_run(
-    run_dir: Path, config: RunConfig, resume: bool = False, progress: bool = True, preset: Preset | None = None
+    run_dir: Path,
+    config: RunConfig,
+    resume: bool = False,
+    progress: bool = True,
+    preset: Preset | None = None,
+    overwrite: bool = False,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    on_step: Callable[[StepInfo], None] | None = None,
 ) -> dict:
     """Train (or continue) the run in ``run_dir`` on ``run_device(config)``; returns the training metrics.
+
     ``preset``: a Preset object to train as it is (e.g. an unregistered ablation rule) instead of
-    ``config.resolved_preset()``; config.json then names the config's preset but describes this one."""
+    ``config.resolved_preset()``; config.json then names the config's preset but describes this one.
+    The folder belongs to this run (``sdi.run_folder.claim``): refused when another process writes into it,
+    or when it holds a run (unless ``resume``: continue it, or ``overwrite``: replace it once this run has its
+    first checkpoint). Checkpoints come every ``preset.checkpoint_every`` steps, every ``checkpoint_seconds``
+    of training and at the last step. ``on_step(info)`` is called after every step (progress hooks)."""
     preset = preset if preset is not None else config.resolved_preset()
     device = run_device(config)
-    denoiser = CountingDenoiser(load_prior(config, preset))
-    rule = preset.rule()
-    if resume and (run_dir / CHECKPOINT).exists():
-        state, extra = restore_state(run_dir, preset, config.seed, device)
-    else:
-        state, extra = new_state(preset, config.seed, device), {"elapsed_s": 0.0, "denoiser_calls": 0}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / CONFIG, {"run": asdict(config), "preset": describe(preset)})
-    start, info = time.perf_counter(), None
-    elapsed = lambda: extra["elapsed_s"] + time.perf_counter() - start  # noqa: E731
-    calls = lambda: extra["denoiser_calls"] + denoiser.calls  # noqa: E731
-    bar = tqdm(total=preset.steps, initial=state.step, desc=f"{preset.name} {config.prompt!r}", disable=not progress)
-    try:
-        for info in train(state, preset, rule, denoiser, config.prompt):
-            bar.update()
-            bar.set_postfix(loss=f"{info.loss:.3g}", t=info.t)
-            if state.step % preset.checkpoint_every == 0 or state.step == preset.steps:
-                check_finite(state)
-                save_state(run_dir, state, config, elapsed(), calls(), info.loss)
-    except TrainingDiverged as error:
-        kept = (f"the last good checkpoint is kept in {run_dir / CHECKPOINT}" if (run_dir / CHECKPOINT).exists()
-                else "no checkpoint was written yet")
-        raise TrainingDiverged(f"{error}; {kept}: "
-                               "lower the learning rate or change the seed, then --resume or start again") from None
-    finally:
-        bar.close()
-    return {"steps": state.step, "wall_time_s": elapsed(), "denoiser_calls": calls(),
+    with run_folder.claim(run_dir, resume, overwrite) as replaced:
+        denoiser = CountingDenoiser(load_prior(config, preset))
+        rule = preset.rule()
+        if resume:
+            state, extra = restore_state(run_dir, preset, config.seed, device)
+            check_config_matches(run_dir, config, extra)
+        else:
+            state, extra = new_state(preset, config.seed, device), {"elapsed_s": 0.0, "denoiser_calls": 0}
+        checkpoints = Checkpoints(run_dir, config, preset, checkpoint_seconds, replaced, own=resume)
+        start, start_step, info = time.perf_counter(), state.step, None
+        elapsed = lambda: extra["elapsed_s"] + time.perf_counter() - start  # noqa: E731
+        calls = lambda: extra["denoiser_calls"] + denoiser.calls  # noqa: E731
+        bar = tqdm(total=preset.steps, initial=state.step, desc=f"{preset.name} {config.prompt!r}",
+                   disable=not progress)
+        try:
+            for info in train(state, preset, rule, denoiser, config.prompt):
+                bar.update()
+                bar.set_postfix(loss=f"{info.loss:.3g}", t=info.t)
+                if checkpoints.due(state.step):
+                    checkpoints.save(state, elapsed(), calls(), info.loss)
+                if on_step is not None:
+                    on_step(info)
+        except TrainingDiverged as error:
+            raise TrainingDiverged(f"{error}; {checkpoints.kept()}: "
+                                   "lower the learning rate or change the seed, then --resume or start again") from None
+        except WriteError as error:
+            raise WriteError(f"{error}; {checkpoints.kept()}", error.filename, error.errno) from None
+        finally:
+            bar.close()
+    return {"steps": state.step, "start_step": start_step, "wall_time_s": elapsed(), "denoiser_calls": calls(),
             "final_loss": info.loss if info else extra.get("final_loss"), "preset": preset.name, "rule": rule.name,
             "device": str(device), "peak_memory_mb": peak_memory_mb(device)}
+
+
+@dataclass
+class Checkpoints:
+    """When and how a run checkpoints: every ``preset.checkpoint_every`` steps, every ``seconds`` of wall time and
+    at the last step; config.json in the same all-or-nothing write; the checkpoint before kept as PREVIOUS."""
+
+    run_dir: Path
+    config: RunConfig
+    preset: Preset
+    seconds: float
+    replaced: list[Path]
+    """Files of the run this one overwrites, removed once this run has its first checkpoint."""
+    own: bool = False
+    """Whether RUN_DIR's checkpoint is this run's (a resumed run's, or once one is saved)."""
+    last: float = field(default_factory=time.monotonic)
+
+    def due(self, step: int) -> bool:
+        return (step % self.preset.checkpoint_every == 0 or step == self.preset.steps
+                or time.monotonic() - self.last >= self.seconds)
+
+    def save(self, state: TrainState, elapsed: float, calls: int, loss: float) -> None:
+        """Checkpoint ``state`` (never NaNs) with its config.json; keep the previous checkpoint of this run."""
+        check_finite(state)
+        if self.own:
+            run_folder.keep_previous(self.run_dir)
+        with all_or_nothing():  # config first: a folder never holds a checkpoint without its config
+            atomic_write_json(self.run_dir / CONFIG, {"run": asdict(self.config), "preset": describe(self.preset)})
+            save_state(self.run_dir, state, self.config, elapsed, calls, loss)
+        run_folder.remove_files(self.replaced)
+        self.replaced, self.own, self.last = [], True, time.monotonic()
+
+    def kept(self) -> str:
+        """What a failed run leaves, for its error message."""
+        if not self.own:
+            earlier = "; the run it was to replace is intact" if self.replaced else ""
+            return f"no checkpoint of this run was written yet{earlier}"
+        path = self.run_dir / CHECKPOINT
+        return f"its last checkpoint (step {run_folder.checkpoint_meta(path).get('step')}) is kept in {path}"
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:

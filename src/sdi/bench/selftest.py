@@ -1,4 +1,6 @@
-"""Toy job functions for the grid-runner tests (imported by worker processes as ``bench_toy_jobs:...``).
+"""Toy job functions that exercise the grid runner itself (``sdi.bench.selftest:toy_job``): metrics computed from
+the seed, a job that SIGKILLs its own worker, one that raises, one that returns no dict. Used by the tests; a
+worker imports job functions only from ``sdi.bench.runner.JOB_MODULES``, which lists this module.
 
 No torch import, so a worker starts in a fraction of a second.
 """
