@@ -13,7 +13,7 @@ from sdi.train.presets import PRESETS
 from sdi.train.run import RunConfig, read_config, restore_state, run_device, train_run
 
 METHOD_PRESETS = {"sdi": "fast", "sds": "sds", "ism": "ism", "nfsd": "nfsd", "csd": "csd", "sdi-paper": "sdi-paper",
-                  "sdi-reference": "sdi-reference"}
+                  "sdi-reference": "sdi-reference", "sds-threestudio": "sds-threestudio"}
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ from sdi.io import atomic_write_json
 from sdi.diffusion.denoiser import CountingDenoiser, Denoiser
 from sdi.train.checkpoint import load_checkpoint, pack_training_state, restore_training_state, save_checkpoint
 from sdi.train.loop import TrainState, TrainingDiverged, new_state, train
-from sdi.train.presets import Preset, cpu_sized, get_preset
+from sdi.train.presets import Preset, cpu_sized, get_preset, gpu_sized
 
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.json"
@@ -57,7 +57,7 @@ class RunConfig:
     def resolved_preset(self) -> Preset:
         """The preset with overrides applied; GPU-sized presets shrink to CPU sizes on the embedded prior."""
         preset = get_preset(self.preset)
-        if self.prior == "embedded" and preset.resolution > 128:
+        if self.prior == "embedded" and gpu_sized(preset):
             preset = cpu_sized(preset)
         return self.with_overrides(preset)
 
