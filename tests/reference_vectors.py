@@ -212,7 +212,7 @@ def run_case(prior, vectors: Vectors, case: dict) -> dict[str, tuple[Tensor, Ten
     stages.update(target=update.target, loss=loss.detach(), dloss_dlatents=x0.grad)
     if rgb is not None:
         stages["dloss_drgb"] = rgb.grad
-    stages.update(_recorded_stages(case, recorder.calls, tensors))
+    stages.update(_recorded_stages(case, recorder.calls))
     return {s: (ours, tensors[f"{k}_{s}"]) for s, ours in stages.items() if f"{k}_{s}" in tensors}
 
 
@@ -272,9 +272,8 @@ def threestudio_paired_sds(prior, rule: Rule, x0: Tensor, t: Tensor, prompt: str
     return Update(x0, grad, Levels(t, t), x_t, eps, Noise(kappa), float(x0.numel()))
 
 
-def _recorded_stages(case: dict, calls: list[dict], tensors) -> dict[str, Tensor]:
+def _recorded_stages(case: dict, calls: list[dict]) -> dict[str, Tensor]:
     """UNet inputs, labels, raw outputs and embeddings as the recorder saw them."""
-    k = case["id"]
     out = {"unet_emb": torch.stack([c["emb"] for c in calls])}
     B = case["settings"]["batch_size"]
     if case["kind"] == "sds":

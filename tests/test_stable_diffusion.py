@@ -18,7 +18,7 @@ from sdi.diffusion.noise_sampler import ReplayNoise  # noqa: E402
 from sdi.diffusion.parametrization import eps_from_v  # noqa: E402
 from sdi.diffusion.perp_neg import perp_neg_combine, perp_neg_eps, perp_neg_weights, perpendicular  # noqa: E402
 from sdi.diffusion.schedules import inversion_grid, sampling_grid  # noqa: E402
-from sdi.diffusion.views import DIRECTIONS, camera_angles, view_index, view_prompt, view_prompts  # noqa: E402
+from sdi.diffusion.views import DIRECTIONS, camera_angles, view_index, view_prompt  # noqa: E402
 from sdi.scene.cameras import cameras_along, orbit_cameras  # noqa: E402
 from sdi.priors.stable_diffusion import (  # noqa: E402
     PriorLoadError,

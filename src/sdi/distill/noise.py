@@ -184,6 +184,9 @@ class WithEntropy:
 
     def __call__(self, q: NoiseQuery) -> Noise:
         noise = self.inner(q)
+        if noise.x_t is not None:
+            raise ValueError("WithEntropy adds to kappa of Eq. 10's forward call; an estimator that hands over "
+                             "its inverted latent takes entropy through Inversion(step_noise=...)")
         return Noise(noise.kappa + self.scale * q.randn(), noise.baseline)
 
 
