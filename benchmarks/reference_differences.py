@@ -51,7 +51,8 @@ class DestinationLabels(Inversion):
 
 
 class EntropyOnce(Inversion):
-    """Item 3 alone: no noise between steps, 0.3 sqrt(1 - a) z added once to x(t + delta) (z: the last recorded draw)."""
+    """Item 3 alone: no noise between steps, 0.3 sqrt(1 - a) z added once to x(t + delta), z the last recorded
+    draw."""
 
     def __call__(self, q):
         ac = q.denoiser.alphas_cumprod
@@ -68,10 +69,12 @@ def variants(case) -> dict[str, tuple[object, list]]:
         "1 even int(10 t) grid (source labels kept)": (replace(rule, noise=EvenGridSourceLabels(**base)), draws),
         "2 destination labels, clean at alpha 1": (replace(rule, noise=DestinationLabels(**base)), draws),
         "3 entropy once at the end": (replace(rule, noise=EntropyOnce(**base)), draws[-1:]),
-        "4 forward: Eq. 10 re-noising at t": (replace(rule, noise=replace(rule.noise, forward_on_inverted=False)), draws),
+        "4 forward: Eq. 10 re-noising at t": (replace(rule, noise=replace(rule.noise, forward_on_inverted=False)),
+                                              draws),
     }
     if case["settings"]["use_perp_neg"]:
-        out["6 Perp-Neg by prediction interpolation"] = (replace(rule, guidance=Guidance(perp_neg="predictions")), draws)
+        by_predictions = replace(rule, guidance=Guidance(perp_neg="predictions"))
+        out["6 Perp-Neg by prediction interpolation"] = (by_predictions, draws)
         out["6' no Perp-Neg (Eq. 3 CFG)"] = (replace(rule, guidance=Guidance()), draws)
     else:
         out["5 Eq. 3 CFG instead of eps_c + s (eps_c - eps_u)"] = (replace(rule, guidance=Guidance()), draws)
@@ -128,7 +131,8 @@ def main() -> None:
         if not case["settings"]["use_perp_neg"]:
             rows.setdefault("9b SDS: Eq. 3 CFG instead of eps_c + s (eps_c - eps_u)", {})[column] = rel(
                 sds_grad(prior, case, replace(case_rule(case), guidance=Guidance()), prompt, cameras), ours)
-    columns = sorted({c for r in rows.values() for c in r}, key=lambda c: ("SDS" in c, int(c.split("t=")[1].split()[0]), c))
+    order = lambda c: ("SDS" in c, int(c.split("t=")[1].split()[0]), c)  # noqa: E731
+    columns = sorted({c for r in rows.values() for c in r}, key=order)
     print("| difference (one at a time) | " + " | ".join(columns) + " |")
     print("|---|" + "---|" * len(columns))
     for name in sorted(rows):

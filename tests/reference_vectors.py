@@ -292,4 +292,6 @@ def tolerance(case: dict, stage: str, theirs: Tensor) -> float:
     suggested = case["suggested_tolerance"].get(f"{case['id']}_{stage}")
     if suggested is not None:
         return float(suggested)
-    return 4 * torch.finfo(torch.float32).eps * float(theirs.abs().max().clamp(min=1.0)) if theirs.is_floating_point() else 0.0
+    if not theirs.is_floating_point():
+        return 0.0
+    return 4 * torch.finfo(torch.float32).eps * float(theirs.abs().max().clamp(min=1.0))

@@ -300,7 +300,7 @@ def test_negative_scale_flips_every_guidance_term(prior):
     g = torch.Generator().manual_seed(2)
     eps_u, eps_p = torch.randn(2, 3, 4, 8, 8, generator=g)
     eps_n, w = torch.randn(2, 3, 4, 8, 8, generator=g), -torch.rand(3, 2, generator=g)
-    plus, minus = perp_neg_combine(eps_u, eps_p, list(eps_n), w, 7.5), perp_neg_combine(eps_u, eps_p, list(eps_n), w, -7.5)
+    plus, minus = (perp_neg_combine(eps_u, eps_p, list(eps_n), w, s) for s in (7.5, -7.5))
     torch.testing.assert_close(minus - eps_u, -(plus - eps_u))
     # same on the prior, in one batched call each
     x, t = latents(), torch.tensor([600, 600])

@@ -43,7 +43,8 @@ class ReplayNoise:
             raise IndexError(f"all {len(self.draws)} recorded draws were already served")
         draw = self.draws[self.served]
         if tuple(draw.shape) != tuple(like.shape):
-            raise ValueError(f"recorded draw {self.served} has shape {tuple(draw.shape)}, asked for {tuple(like.shape)}")
+            shape, wanted = tuple(draw.shape), tuple(like.shape)
+            raise ValueError(f"recorded draw {self.served} has shape {shape}, asked for {wanted}")
         self.served += 1
         return draw.to(like)
 

@@ -8,13 +8,13 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
+from sdi.diffusion.ddim import Callback
 from sdi.diffusion.denoiser import CameraBatch, Denoiser
 from sdi.diffusion.guidance import Guidance, guided_eps
 from sdi.diffusion.noise_sampler import NoiseSampler, generator_noise
 from sdi.diffusion.parametrization import add_noise
 from sdi.distill.noise import Noise, NoiseQuery
 from sdi.distill.timesteps import Levels
-from sdi.diffusion.ddim import Callback
 
 Weighting = Literal["sigma", "one_minus_alpha", "one"]
 
@@ -84,7 +84,7 @@ def distill_update(
     x0: Tensor,
     levels: Levels,
     prompt: str,
-    noise: NoiseSampler,
+    noise: NoiseSampler | torch.Generator,
     state: dict,
     cameras: CameraBatch | None = None,
     callback: Callback | None = None,
