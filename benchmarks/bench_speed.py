@@ -2,16 +2,19 @@
 
 Builds a UNet and VAE with Stable Diffusion 2.1-base's architecture (published configs, written
 below) with RANDOM weights, so nothing is downloaded; random (77 x 1024) text embeddings stand in
-for CLIP. One iteration, for a (B, 3, R, R) render that requires grad (the renderer's output):
-resize to 512 x 512, encode through the VAE with gradients, then
+for CLIP (one per view prompt: Perp-Neg is on in every preset). One iteration, for a (B, 3, R, R)
+render that requires grad (the renderer's output): resize to 512 x 512, encode through the VAE with
+gradients, then the library's own rules, as the presets run them, on a side view (az 60):
 
-- sds: t ~ U(0.02, 0.98), x_t = sqrt(a) z + sqrt(1 - a) eps, one batched CFG call (cond + uncond);
-- sdi: t annealed 0.98 -> 0.25 over the timed iterations (the authors' schedule, sampled evenly so
-  the mean matches a full run), DDIM inversion of z with CFG -7.5 in int(10 t) + 1 steps up to
-  t + tau (tau ~ floor(U * 100) steps, entropy noise 0.3 x posterior std after each step), then the
-  forward CFG 7.5 call; kappa from the inverted latent;
+- sds: ``sds_threestudio`` (threestudio's dreamfusion-sd: t ~ U{20..980}, CFG 100, Perp-Neg: one call of 4 images);
+- sdi: ``sdi_reference`` (the authors' code: t annealed 0.98 -> 0.25 over the timed iterations, sampled evenly
+  so the mean matches a full run; the leading 10-step inversion grid below t from -99, CFG -7.5, entropy after
+  every step; then the forward CFG 7.5 call on the inverted latent);
+- sdi-paper: ``sdi_paper`` (int(10 t) inversion steps up to t + tau, the forward call of Eq. 10);
 
-and back-propagate 0.5 |z - (z - grad).detach()|^2 through the encoder to the render.
+and back-propagate the rule's loss (``Update.loss``) through the encoder to the render. It also prints the
+UNet calls per step each SDI rule makes averaged over the whole 10k-step annealed schedule (from the rule's own
+schedule and inversion path), next to the authors' code's (their formulas, restated here: 8.625).
 
     python benchmarks/bench_speed.py --device cuda --dtype bf16 --render 512 --iters 20
     python benchmarks/bench_speed.py --tiny            # CPU, the tiny test model of tests/tiny_sd.py
@@ -27,11 +30,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sdi.diffusion.denoiser import CountingDenoiser
+from sdi.diffusion.schedules import sd_alphas_cumprod
+from sdi.diffusion.views import view_prompts
+from sdi.distill.noise import Inversion
 from sdi.distill.rule import distill_step
 from sdi.distill.sdi import sdi_paper, sdi_reference
-from sdi.distill.sds import sds
-from sdi.diffusion.denoiser import CountingDenoiser
+from sdi.distill.sds import sds_threestudio
 from sdi.priors.stable_diffusion import StableDiffusionOptions, StableDiffusionPrior, peak_memory_bytes
+from sdi.scene.cameras import orbit_cameras
 
 # stabilityai/stable-diffusion-2-1-base, unet/config.json and vae/config.json
 SD21_BASE_UNET = dict(
@@ -96,9 +103,10 @@ def build_prior(args) -> tuple[StableDiffusionPrior, int]:
     unet.set_attn_processor(AttnProcessor2_0())
     vae = vae.to(args.device, dtype)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    options = StableDiffusionOptions(compile_unet=args.compile, gradient_checkpointing_vae=args.grad_checkpoint_vae)
+    options = StableDiffusionOptions(view_dependent_prompts=True, compile_unet=args.compile,
+                                     gradient_checkpointing_vae=args.grad_checkpoint_vae)
     prior = StableDiffusionPrior(unet, vae, None, None, scheduler.alphas_cumprod, "epsilon", options)
-    for text in (PROMPT, ""):  # stand-ins for CLIP embeddings
+    for text in (*view_prompts(PROMPT), ""):  # stand-ins for CLIP embeddings
         prior.text_embeddings[text] = torch.randn(1, TEXT_TOKENS, width, device=args.device).to(dtype)
     return prior, resolution
 
@@ -110,9 +118,36 @@ def encode_render(prior, render: torch.Tensor, resolution: int) -> torch.Tensor:
     return prior.encode(render.tanh())  # tanh: keep the stand-in render in [-1, 1]
 
 
-RULES = {"sds": lambda: sds(cfg=100.0), "sdi": sdi_reference, "sdi-paper": sdi_paper}
-"""The library's own rules (no copy of them here): DreamFusion's SDS at CFG 100, SDI as the authors'
-code runs it (tau up to 0.1, t floor 0.25, entropy at every inversion step) and as the paper states it."""
+RULES = {"sds": sds_threestudio, "sdi": sdi_reference, "sdi-paper": sdi_paper}
+"""The library's own rules (no copy of them here), as the presets sds-threestudio, sdi-reference and sdi-paper
+run them."""
+SCHEDULE_STEPS = 10_000
+"""Length of the annealed schedule the calls per step are averaged over (the authors' trainer_max_steps)."""
+
+
+def calls_over_schedule(name: str, steps: int = SCHEDULE_STEPS) -> float:
+    """Batched UNet calls per step of an SDI rule over its whole annealed schedule: the inversion path the rule's
+    estimator builds at each step's levels, plus the forward call (no UNet runs; t + tau drawn from a seed)."""
+    rule, gen, calls = RULES[name](), torch.Generator().manual_seed(0), 0
+    inversion = getattr(rule.noise, "inner", rule.noise)  # sdi-paper wraps it in WithEntropy
+    if not isinstance(inversion, Inversion):
+        return 1.0
+    ac = sd_alphas_cumprod()
+    for step in range(steps):
+        levels = rule.timesteps(step, steps, len(ac), gen)
+        calls += len(inversion.grid(ac, levels.t_kappa, levels.t)) + 1
+    return calls / steps
+
+
+def authors_calls_over_schedule(steps: int = SCHEDULE_STEPS) -> float:
+    """The same count from the authors' formulas, restated (threestudio update_step + get_inversion_timesteps):
+    t = int(1000 (0.73 (1 - step / 10000) + 0.25)), one call per leading-grid point {1, 101, ..., 901} below t,
+    one from -99, one forward call; delta does not change the count."""
+    total = 0
+    for step in range(steps):
+        t = int(1000 * ((0.98 - 0.25) * (1 - step / 10000) + 0.25))
+        total += sum(1 for k in range(10) if 100 * k + 1 < t) + 1 + 1
+    return total / steps
 
 
 def sync(device: str) -> None:
@@ -125,14 +160,17 @@ def bench_rule(name: str, prior, resolution: int, args) -> dict:
     render = torch.empty(args.batch, 3, args.render, args.render, device=args.device).uniform_(-1, 1)
     render.requires_grad_()
     gen, state = torch.Generator().manual_seed(0), {}
+    side = torch.full((args.batch,), 60.0, device=args.device)
+    cameras = orbit_cameras(torch.full_like(side, 10.0), side, 2.0, 60.0, args.render)
 
     def iteration(step: int, iters: int) -> None:
         render.grad = None
         z = encode_render(prior, render, resolution).float()
         with torch.no_grad():
-            update = distill_step(rule, counter, z, step, iters, PROMPT, gen, state)
-        loss = 0.5 * F.mse_loss(z, update.target, reduction="sum")  # d loss / dz = update.grad
-        loss.backward()
+            # sdi-reference's schedule is the authors' 10k steps: walk it evenly over the timed iterations
+            at = step * SCHEDULE_STEPS // iters if name == "sdi" else step
+            update = distill_step(rule, counter, z, at, iters, PROMPT, gen, state, cameras)
+        update.loss(z).backward()
 
     for step in range(args.warmup):
         iteration(0, 1)  # t = 0.98: the longest SDI inversion
@@ -161,11 +199,11 @@ def print_table(rows: list[dict], args, resolution: int) -> None:
           f"{args.iters} iters after {args.warmup} warmup, compile={args.compile}, "
           f"grad-checkpoint-vae={args.grad_checkpoint_vae}")  # fmt: skip
     columns = ("s/iter", 9), ("UNet calls/iter", 16), ("UNet evals/iter", 16), ("peak GB", 8), ("10k steps (min)", 16)
-    header = f"{'rule':<5} " + " ".join(f"{name:>{width}}" for name, width in columns)
+    header = f"{'rule':<9} " + " ".join(f"{name:>{width}}" for name, width in columns)
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['rule']:<5} {r['s_per_it']:>9.4f} {r['calls']:>16.2f} {r['evals']:>16.2f} "
+        print(f"{r['rule']:<9} {r['s_per_it']:>9.4f} {r['calls']:>16.2f} {r['evals']:>16.2f} "
               f"{r['peak_gb']:>8.2f} {r['min_10k']:>16.1f}")  # fmt: skip
     print("(calls: batched UNet calls, cond + uncond in one; evals: branch x image evaluations; "
           "peak GB from torch.cuda.max_memory_allocated, 0 off CUDA)")  # fmt: skip
@@ -200,6 +238,9 @@ def main(argv=None) -> None:
     args.render = args.render or resolution
     rows = [bench_rule(name, prior, resolution, args) for name in args.rules.split(",")]
     print_table(rows, args, resolution)
+    per_step = {name: calls_over_schedule(name) for name in ("sdi", "sdi-paper")}
+    print(f"UNet calls per step over the {SCHEDULE_STEPS}-step annealed schedule: sdi-reference {per_step['sdi']:.3f} "
+          f"(the authors' code: {authors_calls_over_schedule():.3f}), sdi-paper {per_step['sdi-paper']:.3f}, sds 1")
     by_rule = {r["rule"]: r for r in rows}
     if {"sds", "sdi"} <= set(by_rule):
         print(f"sdi / sds time per iteration: {by_rule['sdi']['s_per_it'] / by_rule['sds']['s_per_it']:.2f}x")

@@ -7,7 +7,8 @@ import pytest
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
-from sdi.diffusion.ddim import ddim_invert, ddim_loop, ddim_sample, posterior_std
+from sdi.diffusion.ddim import ddim_invert, ddim_loop, ddim_sample, ddim_step, posterior_std
+from sdi.diffusion.noise_sampler import ReplayNoise, generator_noise
 from sdi.diffusion.schedules import alphas_cumprod, inversion_grid, linear_betas, sampling_grid, sd_alphas_cumprod
 
 SD_CONFIG = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False)
@@ -109,7 +110,7 @@ def test_ddim_loop_linear_schedule_and_callback():
     ac = alphas_cumprod(linear_betas())
     torch.testing.assert_close(ac, scheduler.alphas_cumprod, atol=1e-6, rtol=1e-5)
     x0_ours: list[torch.Tensor] = []
-    result = ddim_loop(model, x_t, sampling_grid(ac, 25), callback=lambda i, x, x0: x0_ours.append(x0))
+    result = ddim_loop(model, x_t, sampling_grid(ac, 25), callback=lambda step: x0_ours.append(step.x0))
     torch.testing.assert_close(result, expected, **TOL)
     assert len(x0_ours) == len(x0_theirs) == 25
     for ours, theirs in zip(x0_ours, x0_theirs):
@@ -129,16 +130,27 @@ def test_invert_then_sample_round_trip():
 
 
 def test_ddim_loop_step_noise_is_seeded():
-    """step_noise draws from the caller's generator: same seed, same path; zero noise is plain DDIM."""
+    """step_noise draws from the caller's noise sampler: same seed, same path; recorded draws replay in order,
+    one per step, added as (step_noise z) x the posterior std; zero noise is plain DDIM."""
     ac = alphas_cumprod(linear_betas())
     grid, model, x0 = inversion_grid(ac, 10), DummyEps(), _noise(8)
 
     def run(seed: int) -> torch.Tensor:
-        return ddim_loop(model, x0, grid, step_noise=1.0, generator=torch.Generator().manual_seed(seed))
+        return ddim_loop(model, x0, grid, step_noise=1.0, noise=generator_noise(torch.Generator().manual_seed(seed)))
 
     torch.testing.assert_close(run(0), run(0))
     assert not torch.allclose(run(0), run(1))
     torch.testing.assert_close(ddim_loop(model, x0, grid, step_noise=0.0), ddim_invert(model, x0, grid))
+    draws, steps = [_noise(20 + i) for i in range(len(grid))], []
+    replay = ReplayNoise(draws)
+    ddim_loop(model, x0, grid, steps.append, step_noise=0.3, noise=replay)
+    assert replay.remaining == 0
+    for step, z in zip(steps, draws):
+        a, b = grid.alphas[step.i], grid.alphas[step.i + 1]
+        torch.testing.assert_close(step.noise_std, posterior_std(torch.minimum(a, b), torch.maximum(a, b)))
+        torch.testing.assert_close(step.x_next, ddim_step(step.x, step.eps, a, b) + 0.3 * z * step.noise_std)
+    with pytest.raises(ValueError, match="noise sampler"):
+        ddim_loop(model, x0, grid, step_noise=0.3)
 
 
 @pytest.mark.parametrize("t, s", [(981, 961), (501, 481), (21, 1), (999, 0)])

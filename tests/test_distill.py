@@ -23,10 +23,14 @@ from sdi.distill.noise import (
     WithEntropy,
     eq8_residual,
 )
-from sdi.distill.rule import Rule, distill_step
+from sdi.diffusion.guidance import Guidance, guided_eps
+from sdi.diffusion.noise_sampler import ReplayNoise
+from sdi.diffusion.parametrization import x0_from_eps
+from sdi.diffusion.schedules import leading_inversion_levels, source_grid
+from sdi.distill.rule import Rule, distill_step, distill_update, distillation_loss
 from sdi.distill.sdi import sdi_cached, sdi_grid, sdi_paper, sdi_reference
-from sdi.distill.sds import sds
-from sdi.distill.timesteps import AnnealedT, GridT, RandomT
+from sdi.distill.sds import sds, sds_threestudio
+from sdi.distill.timesteps import AnnealedT, GridT, Levels, RandomT, ThreestudioAnnealedT, UniformT
 from sdi.twod import run_method
 
 LABEL = "checker"
@@ -283,6 +287,7 @@ def test_interval_t_puts_s_below_t():
 
 RULES = {
     "sds": lambda: sds(),
+    "sds-threestudio": lambda: sds_threestudio(),
     "sdi-paper": lambda: sdi_paper(),
     "sdi-reference": lambda: sdi_reference(),
     "sdi-grid": lambda: sdi_grid(),
@@ -334,3 +339,146 @@ def test_every_rule_module_is_in_the_contract():
     modules = {m.name for m in pkgutil.iter_modules(sdi.distill.__path__)} - {"rule", "noise", "timesteps"}
     covered = {"sds", "sdi", "ism", "nfsd", "csd"}
     assert modules <= covered, f"add the rules of {sorted(modules - covered)} to RULES"
+
+
+# ------------------------------------------------------------------ the authors' SDI, piece by piece
+
+
+class Recording:
+    """A denoiser with a closed-form eps (0.3 x_t + 0.1 per prompt index) that records every call's labels and
+    batch size; it reads a(max(t, 0)) as the protocol asks (here: nothing, eps does not depend on t)."""
+
+    free_text = True
+
+    def __init__(self):
+        from sdi.diffusion.schedules import sd_alphas_cumprod
+
+        self.alphas_cumprod, self.calls = sd_alphas_cumprod(), []
+
+    def predict_eps(self, x_t, t, prompts, cameras=None):
+        self.calls.append((t.tolist(), len(prompts) * len(x_t)))
+        return torch.stack([0.3 * x_t + 0.1 * k for k in range(len(prompts))])
+
+    def encode(self, image):
+        return image
+
+    def decode(self, latent):
+        return latent
+
+
+@pytest.mark.parametrize("t, end, expected", [
+    (250, 287, [-99, 1, 101, 201, 287]),
+    (500, 563, [-99, 1, 101, 201, 301, 401, 563]),
+    (980, 999, [-99, *range(1, 902, 100), 999]),
+    (733, 733, [-99, *range(1, 702, 100), 733]),
+])
+def test_leading_inversion_levels_are_the_authors(t, end, expected):
+    levels = leading_inversion_levels(T, t, end)
+    assert levels.tolist() == expected
+    ac = torch.linspace(0.999, 0.001, T)
+    grid = source_grid(ac, levels)
+    assert grid.timesteps.tolist() == expected[:-1]  # labelled with the SOURCE level, -99 first
+    assert torch.equal(grid.alphas, ac[[0, *expected[1:]]])  # -99 sits at a(0)
+
+
+def test_reference_inversion_labels_sources_adds_entropy_every_step_and_forwards_the_inverted_latent():
+    prior, x0 = Recording(), torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    draws = [torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(s)) for s in range(4)]
+    steps, noise = [], ReplayNoise(draws)
+    rule = sdi_reference(perp_neg=False)
+    update = distill_update(rule, prior, x0, Levels(250, 287), "a cat", noise, {}, None, steps.append)
+    assert noise.remaining == 0 and len(steps) == 4
+    assert [c[0][0] for c in prior.calls] == [-99, 1, 101, 201, 250]  # source labels, then the forward call at t
+    ac = prior.alphas_cumprod
+    levels = [0, 1, 101, 201, 287]
+    for i, step in enumerate(steps):
+        a_s, a_d = ac[levels[i]], ac[levels[i + 1]]
+        eps_c, eps_u = 0.3 * step.x, 0.3 * step.x + 0.1  # threestudio's form without Perp-Neg: e_c + s (e_c - e_u)
+        eps = eps_c - 7.5 * (eps_c - eps_u)
+        std = ((1 - a_s) / (1 - a_d) * (1 - a_d / a_s)).sqrt()
+        ddim = a_d.sqrt() * (step.x - (1 - a_s).sqrt() * eps) / a_s.sqrt() + (1 - a_d).sqrt() * eps
+        torch.testing.assert_close(step.x_next, ddim + 0.3 * draws[i] * std, atol=1e-5, rtol=1e-5)
+    assert update.x_t is steps[-1].x_next  # the forward call runs on x(t + delta) itself
+    a_t = ac[250]
+    eps_c = 0.3 * update.x_t
+    torch.testing.assert_close(update.eps, eps_c + 7.5 * (eps_c - (eps_c + 0.1)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(update.target, x0_from_eps(update.x_t, update.eps, a_t), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(update.noise.kappa, (update.x_t - ac[287].sqrt() * x0) / (1 - ac[287]).sqrt())
+
+
+def test_threestudio_annealed_t_is_the_authors_schedule():
+    schedule, g = ThreestudioAnnealedT(), torch.Generator().manual_seed(0)
+    levels = [schedule(step, 300, T, g) for step in range(0, 10_000, 7)]
+    assert levels[0].t == 980 and schedule(9999, 300, T, g).t == 250 and schedule(5000, 10, T, g).t == 615
+    deltas = [lv.t_kappa - lv.t for lv in levels]
+    assert min(deltas) == 0 and max(deltas) == 99  # int(u T // 10)
+    assert schedule(0, 1, T, g).t_kappa <= 999
+
+
+def test_sdi_reference_makes_8625_unet_calls_per_step_over_the_10k_schedule():
+    """The authors' code's 8.625 (PAPER.md), from our rule's own schedule and inversion path."""
+    rule, g, calls = sdi_reference(), torch.Generator().manual_seed(0), 0
+    ac = Recording().alphas_cumprod
+    for step in range(10_000):
+        levels = rule.timesteps(step, 10_000, T, g)
+        calls += len(rule.noise.grid(ac, levels.t_kappa, levels.t)) + 1
+    assert calls / 10_000 == 8.625
+
+
+def test_uniform_t_is_threestudios_inclusive_integer_draw():
+    g = torch.Generator().manual_seed(0)
+    ts = {UniformT(20, 22)(0, 1, T, g).t for _ in range(200)}
+    assert ts == {20, 21, 22}
+
+
+# ---------------------------------------------------------------------------- one loss convention
+
+
+def test_one_loss_convention_and_threestudios_sds_sum_inside_it(exemplar_prior):
+    x0 = image(exemplar_prior)
+    for rule in (sdi_paper(), sds(), sds_threestudio()):
+        update = distill_step(rule, exemplar_prior, x0, 0, 10, LABEL, torch.Generator().manual_seed(0), {})
+        latent = x0.clone().requires_grad_()
+        loss = update.loss(latent)
+        loss.backward()
+        B, N = len(x0), x0.numel()
+        if rule.loss_weight == "elements":  # threestudio SDS: 0.5 sum / B, d loss / d x0 = grad / B
+            torch.testing.assert_close(loss, 0.5 * update.grad.pow(2).sum() / B)
+            torch.testing.assert_close(latent.grad, update.grad / B)
+        else:  # the authors' SDI mean: 0.5 mean / B, d loss / d x0 = grad / (B N)
+            torch.testing.assert_close(loss, distillation_loss(latent, update.target))
+            torch.testing.assert_close(latent.grad, update.grad / (B * N))
+
+
+# ---------------------------------------------------------------------------------- randomness, CFG
+
+
+def test_replay_noise_serves_draws_in_order_and_refuses_more_or_other_shapes():
+    a, b = torch.zeros(2, 3), torch.ones(2, 3)
+    noise = ReplayNoise([a, b])
+    assert torch.equal(noise(a), a) and torch.equal(noise(a), b) and noise.remaining == 0
+    with pytest.raises(IndexError, match="already served"):
+        noise(a)
+    with pytest.raises(ValueError, match="shape"):
+        ReplayNoise([a])(torch.zeros(3, 2))
+
+
+def test_every_draw_of_a_rule_comes_from_the_callers_noise(exemplar_prior):
+    """sdi-paper draws its entropy noise once; the same draws replayed give the same update."""
+    x0 = image(exemplar_prior)
+    z = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))
+    runs = [distill_update(sdi_paper(), exemplar_prior, x0, Levels(600, 620), LABEL, ReplayNoise([z]), {})
+            for _ in range(2)]
+    assert torch.equal(runs[0].grad, runs[1].grad)
+    inner = Inversion()(query(exemplar_prior, x0, 620, t_update=600)).kappa
+    torch.testing.assert_close(runs[0].noise.kappa, inner + 0.3 * z)
+
+
+def test_perp_neg_on_a_prior_without_free_text_is_eq3_cfg(exemplar_prior):
+    x0, t = image(exemplar_prior), torch.full((2,), 500)
+    plain = guided_eps(exemplar_prior, x0, t, LABEL, 7.5)
+    assert torch.equal(guided_eps(exemplar_prior, x0, t, LABEL, 7.5, None, Guidance(perp_neg="embeddings")), plain)
+    quirk = guided_eps(exemplar_prior, x0, t, LABEL, 7.5, None, Guidance(anchor="cond"))
+    eps_c, eps_u = exemplar_prior.predict_eps(x0, t, [LABEL, ""])
+    torch.testing.assert_close(quirk, eps_c + 7.5 * (eps_c - eps_u))  # threestudio's form: effective 8.5
+    torch.testing.assert_close(quirk, guided_eps(exemplar_prior, x0, t, LABEL, 8.5), atol=1e-5, rtol=1e-5)

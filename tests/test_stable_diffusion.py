@@ -12,19 +12,14 @@ import torch
 from tiny_sd import IMAGE_SIZE, LATENT_SIZE, build_tiny_sd  # noqa: E402
 
 from sdi.diffusion.ddim import ddim_invert, ddim_sample  # noqa: E402
-from sdi.diffusion.guidance import cfg_combine, eps_fn_for, guided_eps  # noqa: E402
+from sdi.diffusion.denoiser import CountingDenoiser, Denoiser, PromptMix, encode  # noqa: E402
+from sdi.diffusion.guidance import Guidance, cfg_combine, eps_fn_for, guided_eps  # noqa: E402
+from sdi.diffusion.noise_sampler import ReplayNoise  # noqa: E402
 from sdi.diffusion.parametrization import eps_from_v  # noqa: E402
-from sdi.diffusion.perp_neg import (  # noqa: E402
-    perp_neg_combine,
-    perp_neg_eps,
-    perp_neg_weights,
-    perpendicular,
-    view_bins,
-    view_prompt,
-)
+from sdi.diffusion.perp_neg import perp_neg_combine, perp_neg_eps, perp_neg_weights, perpendicular  # noqa: E402
 from sdi.diffusion.schedules import inversion_grid, sampling_grid  # noqa: E402
-from sdi.diffusion.denoiser import Denoiser  # noqa: E402
-from sdi.scene.cameras import cameras_along  # noqa: E402
+from sdi.diffusion.views import DIRECTIONS, camera_angles, view_index, view_prompt  # noqa: E402
+from sdi.scene.cameras import cameras_along, orbit_cameras  # noqa: E402
 from sdi.priors.stable_diffusion import (  # noqa: E402
     PriorLoadError,
     StableDiffusionPrior,
@@ -149,15 +144,51 @@ def test_text_encoder_runs_once_per_prompt(prior):
 def test_view_dependent_suffixes(prior):
     p = with_options(prior, view_dependent_prompts=True)
     views = torch.tensor([direction(0), direction(90), direction(-170), direction(30, 75), direction(-60)])
-    assert view_bins(views) == ["front", "side", "back", "overhead", "side"]
     cameras = cameras_along(views)
-    assert p.texts_for("a cat", cameras, 5) == [view_prompt("a cat", v) for v in view_bins(views)]
-    assert p.texts_for("", cameras, 5) == [""] * 5
-    assert p.texts_for("a cat, back view", cameras, 5) == ["a cat, back view"] * 5  # already names a view
+    names = [DIRECTIONS[i] for i in view_index(*camera_angles(cameras))]
+    assert names == ["front", "side", "back", "overhead", "side"]
+    expected = torch.cat([p.text_embedding(view_prompt("a cat", v)) for v in names])
+    assert torch.equal(p.branch_embeddings("a cat", cameras, 5), expected)
+    assert torch.equal(p.branch_embeddings("", cameras, 5), p.text_embedding("").expand(5, -1, -1))
+    already = p.branch_embeddings("a cat, back view", cameras, 5)  # already names a view: left alone
+    assert torch.equal(already, p.text_embedding("a cat, back view").expand(5, -1, -1))
     x, t = latents(5), torch.full((5,), 400)
     eps = p.predict_eps(x, t, ["a cat", ""], cameras)
     front = p.predict_eps(x[:1], t[:1], ["a cat, front view"])[0]
     torch.testing.assert_close(eps[0, :1], front, **TOL)
+
+
+def test_view_bins_are_strict_at_threestudios_boundaries():
+    """|az'| = 45 and 135 are side, elevation 60 is not overhead, azimuths are shifted into [-180, 180):
+    exactly, because cameras built from angles carry them (no 45 -> 44.99999 round trip through c2w)."""
+    azimuth = torch.tensor([44.99, 45.0, -45.0, -44.99, 135.0, 135.01, -135.0, -135.01, 225.0, 315.0, 180.0, 0.0, 0.0])
+    elevation = torch.tensor([0.0] * 11 + [60.0, 60.01])
+    names = [DIRECTIONS[i] for i in view_index(*camera_angles(orbit_cameras(elevation, azimuth, 2.0, 40.0, 8)))]
+    assert names == ["front", "side", "side", "front", "side", "back", "side", "back", "side", "side", "back",
+                     "front", "overhead"]
+
+
+def test_prompt_mix_interpolates_embeddings_before_the_unet(prior):
+    """threestudio's r E_front + (1 - r) E_side, bit for bit, per item; a one-hot row is the text itself."""
+    texts, r = ("a cat, side view", "a cat, front view"), torch.tensor([0.25, 1.0])
+    mix = PromptMix(texts, torch.stack([1 - r, r], 1))
+    e_side, e_front = (prior.text_embedding(t)[0] for t in texts)
+    got = prior.branch_embeddings(mix, None, 2)
+    assert torch.equal(got[0], r[0] * e_front + (1 - r[0]) * e_side) and torch.equal(got[1], e_front)
+    with pytest.raises(ValueError, match="rows for a batch"):
+        prior.branch_embeddings(mix, None, 3)
+
+
+def test_sampled_encoding_draws_from_the_callers_noise(prior):
+    image = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE) * 2 - 1
+    sampled = with_options(prior, encode_mode="sample")
+    n = torch.randn(1, 4, LATENT_SIZE, LATENT_SIZE)
+    posterior = prior.vae.encode(image).latent_dist
+    expected = (posterior.mean + posterior.std * n) * prior.scaling_factor
+    torch.testing.assert_close(encode(sampled, image, ReplayNoise([n])), expected, **TOL)
+    torch.testing.assert_close(encode(prior, image, ReplayNoise([])), posterior.mean * prior.scaling_factor, **TOL)
+    with pytest.raises(ValueError, match="needs a noise sampler"):
+        sampled.encode(image)
 
 
 def test_encode_keeps_gradients(prior):
@@ -199,6 +230,12 @@ def test_v_prediction_converted_to_eps(v_prior):
         v = v_prior.unet(x, t, encoder_hidden_states=emb).sample
     expected = eps_from_v(x, v, v_prior.alphas_cumprod[t].view(-1, 1, 1, 1))
     torch.testing.assert_close(v_prior.predict_eps(x, t, ["a cat"])[0], expected, **TOL)
+    # The authors' label -99 of the clean latent sits at a(0), not at a(-99) = a(901).
+    minus = torch.tensor([-99, -99])
+    with torch.no_grad():
+        v = v_prior.unet(x, minus, encoder_hidden_states=emb).sample
+    expected = eps_from_v(x, v, v_prior.alphas_cumprod[0])
+    torch.testing.assert_close(v_prior.predict_eps(x, minus, ["a cat"])[0], expected, **TOL)
 
 
 def test_ddim_sampling_matches_diffusers_v_prediction(v_prior, v_folder):
@@ -239,16 +276,16 @@ def test_perp_neg_with_zero_weights_is_cfg():
     g = torch.Generator().manual_seed(0)
     eps_u, eps_p = torch.randn(2, 3, 4, 8, 8, generator=g)
     eps_n = torch.randn(2, 3, 4, 8, 8, generator=g)
-    out = perp_neg_combine(eps_u, eps_p, eps_n, torch.zeros(3, 2), 7.5)
+    out = perp_neg_combine(eps_u, eps_p, list(eps_n), torch.zeros(3, 2), 7.5)
     torch.testing.assert_close(out, cfg_combine(eps_u, eps_p, 7.5))
 
 
-def test_perp_neg_eps_reduces_to_cfg_on_the_prior(prior):
+def test_perp_neg_at_an_overhead_view_is_cfg_on_the_overhead_prompt(prior):
+    p = with_options(prior, view_dependent_prompts=True)
     x, t = latents(), torch.tensor([250, 250])
-    cameras = cameras_along(torch.tensor([direction(0), direction(10)]))
-    pos = torch.tensor([[1.0, 0, 0, 0]] * 2)
-    out = perp_neg_eps(prior, x, t, "a cat", 7.5, cameras, weights=(pos, torch.zeros(2, 4)))
-    torch.testing.assert_close(out, guided_eps(prior, x, t, "a cat, front view", 7.5), **TOL)
+    cameras = orbit_cameras(torch.tensor([70.0, 80.0]), torch.tensor([0.0, 100.0]), 2.0, 40.0, 8)
+    out = guided_eps(p, x, t, "a cat", 7.5, cameras, Guidance(perp_neg="embeddings"))
+    torch.testing.assert_close(out, guided_eps(p, x, t, "a cat, overhead view", 7.5), **TOL)
 
 
 def test_perp_term_is_orthogonal_to_delta_pos():
@@ -262,8 +299,8 @@ def test_perp_term_is_orthogonal_to_delta_pos():
 def test_negative_scale_flips_every_guidance_term(prior):
     g = torch.Generator().manual_seed(2)
     eps_u, eps_p = torch.randn(2, 3, 4, 8, 8, generator=g)
-    eps_n, w = torch.randn(2, 3, 4, 8, 8, generator=g), torch.rand(3, 2, generator=g)
-    plus, minus = perp_neg_combine(eps_u, eps_p, eps_n, w, 7.5), perp_neg_combine(eps_u, eps_p, eps_n, w, -7.5)
+    eps_n, w = torch.randn(2, 3, 4, 8, 8, generator=g), -torch.rand(3, 2, generator=g)
+    plus, minus = (perp_neg_combine(eps_u, eps_p, list(eps_n), w, s) for s in (7.5, -7.5))
     torch.testing.assert_close(minus - eps_u, -(plus - eps_u))
     # same on the prior, in one batched call each
     x, t = latents(), torch.tensor([600, 600])
@@ -274,17 +311,52 @@ def test_negative_scale_flips_every_guidance_term(prior):
 
 
 def test_perp_neg_weights_follow_threestudio():
-    views = torch.tensor([direction(0), direction(90), direction(180), direction(45), direction(0, 80)])
-    pos, neg = perp_neg_weights(views)
-    torch.testing.assert_close(pos.sum(1), torch.ones(5))
-    torch.testing.assert_close(pos[0], torch.tensor([1.0, 0, 0, 0]))
-    torch.testing.assert_close(pos[2], torch.tensor([0.0, 0, 1, 0]))
-    torch.testing.assert_close(pos[3], torch.tensor([0.5, 0.5, 0, 0]))
-    torch.testing.assert_close(pos[4], torch.tensor([0.0, 0, 0, 1]))
-    # front view: push from "side" by 4 - 2.426; own-view weight ~0; back view pushes from front and side
-    torch.testing.assert_close(neg[0], torch.tensor([4 * math.exp(-0.5) - 2.426, 1.574, 0, 0]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(neg[2], torch.tensor([1.967, 0.394, 0, 0]), atol=1e-3, rtol=0)
-    assert (neg[4] == 0).all() and (neg >= -1e-3).all()
+    """r, the positive mix and the negatives' weights of threestudio's get_text_embeddings_perp_neg."""
+    elevation = torch.tensor([0.0, 0.0, 0.0, 0.0, 80.0, 0.0])
+    azimuth = torch.tensor([0.0, 90.0, -180.0, 45.0, 0.0, 60.0])
+    pos, neg0, neg1, w = perp_neg_weights(elevation, azimuth)
+    side, front, back, overhead, negative = torch.eye(5)
+    torch.testing.assert_close(pos.sum(1), torch.ones(6))
+    assert torch.equal(pos[0], front) and torch.equal(pos[1], side) and torch.equal(pos[2], back)
+    torch.testing.assert_close(pos[3], 0.5 * (front + side))
+    assert torch.equal(pos[4], overhead) and torch.equal(neg0[4], negative) and torch.equal(w[4], torch.zeros(2))
+    r = 1 - 60 / 90  # front-side: negatives front and side
+    assert torch.equal(neg0[5], front) and torch.equal(neg1[5], side)
+    expected = [-(4 * math.exp(-0.5 * r) - 2.426), -(4 * math.exp(-0.5 * (1 - r)) - 2.426)]
+    torch.testing.assert_close(w[5], torch.tensor(expected), atol=1e-6, rtol=0)
+    # side-back at the back view (r = 0): negatives side and front
+    assert torch.equal(neg0[2], side) and torch.equal(neg1[2], front)
+    torch.testing.assert_close(w[2], torch.tensor([-(1 - 0.606), -(1 + 0.967)]), atol=1e-6, rtol=0)
+
+
+def test_perp_neg_prediction_variant_agrees_at_bin_centres_only(prior):
+    p = with_options(prior, view_dependent_prompts=True)
+    x, t = latents(1), torch.tensor([500])
+    for azimuth, same in ((0.0, True), (60.0, False)):
+        cameras = orbit_cameras(torch.tensor([0.0]), torch.tensor([azimuth]), 2.0, 40.0, 8)
+        by_embedding = perp_neg_eps(p, x, t, "a cat", 7.5, cameras)
+        by_prediction = perp_neg_eps(p, x, t, "a cat", 7.5, cameras, mix="predictions")
+        assert torch.allclose(by_embedding, by_prediction, atol=1e-5) == same
+
+
+@pytest.mark.parametrize("rule_name", ["sdi-reference", "sdi-paper"])
+def test_perp_neg_is_one_unet_batch_of_4_images_per_call(prior, rule_name):
+    """B = 1 at a side view: every UNet call of the inversion and the forward call holds 4 images."""
+    from sdi.distill.rule import distill_update
+    from sdi.distill.sdi import sdi_paper, sdi_reference
+    from sdi.distill.timesteps import Levels
+
+    rule = sdi_reference() if rule_name == "sdi-reference" else sdi_paper()
+    p = CountingDenoiser(with_options(prior, view_dependent_prompts=True))
+    sizes = []
+    handle = p.inner.unet.register_forward_hook(lambda module, args, out: sizes.append(args[0].shape[0]))
+    cameras = orbit_cameras(torch.tensor([10.0]), torch.tensor([90.0]), 2.0, 40.0, 8)
+    steps = []
+    distill_update(rule, p, latents(1), Levels(500, 530), "a cat", torch.Generator().manual_seed(0), {}, cameras,
+                   steps.append)
+    handle.remove()
+    assert sizes == [4] * (len(steps) + 1) and p.calls == len(steps) + 1 and len(steps) == (6 if rule_name ==
+                                                                                             "sdi-reference" else 5)
 
 
 def test_speed_benchmark_runs_tiny(capsys):
@@ -297,3 +369,4 @@ def test_speed_benchmark_runs_tiny(capsys):
     bench_speed.main(["--tiny", "--device", "cpu", "--iters", "1", "--warmup", "0", "--render", "32"])
     out = capsys.readouterr().out
     assert "sds" in out and "sdi" in out and "10k steps" in out
+    assert "sdi-reference 8.625 (the authors' code: 8.625)" in out

@@ -19,7 +19,7 @@ from helpers import Killed, kill_at
 from sdi.diffusion.denoiser import CountingDenoiser
 from sdi.train.checkpoint import load_checkpoint, save_checkpoint
 from sdi.train.loop import TrainingDiverged, new_state, train, training_step
-from sdi.train.presets import FAST, PRESETS, SDI_PAPER, cpu_sized
+from sdi.train.presets import FAST, PRESETS, SDI_PAPER, cpu_sized, gpu_sized
 from sdi.train.run import CHECKPOINT, RunConfig, restore_state, run_device, save_state, train_run
 
 TINY_PROMPT, TINY_RESOLUTION = "a red cube", 16  # as in conftest.py (the multiview_prior fixture)
@@ -27,7 +27,7 @@ TINY_PROMPT, TINY_RESOLUTION = "a red cube", 16  # as in conftest.py (the multiv
 
 def tiny(preset, steps: int = 3, **overrides):
     """``preset`` at CPU test sizes (GPU presets shrunk with cpu_sized first, as `sdi generate` does)."""
-    if preset.resolution > 128:
+    if gpu_sized(preset):
         preset = cpu_sized(preset)
     return replace(preset, resolution=TINY_RESOLUTION, num_samples=16, batch=1, steps=steps, **overrides)
 
@@ -53,7 +53,7 @@ def test_every_preset_trains_a_few_steps_on_cpu(multiview_prior, name):
 
 
 def test_gpu_presets_shrink_to_cpu_sizes_on_the_embedded_prior():
-    for name in ("sdi-paper", "sdi-reference"):
+    for name in ("sdi-paper", "sdi-reference", "sds-threestudio"):
         preset = RunConfig(TINY_PROMPT, name).resolved_preset()
         assert preset.name == name and preset.resolution == FAST.resolution and preset.steps == FAST.steps
         assert preset.rule() == PRESETS[name].rule()

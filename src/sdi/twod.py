@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sdi.diffusion.ddim import ddim_sample
+from sdi.diffusion.ddim import DDIMStep, ddim_sample
 from sdi.diffusion.guidance import eps_fn_for, guided_eps
 from sdi.diffusion.parametrization import add_noise, x0_from_eps
 from sdi.diffusion.schedules import sampling_grid
@@ -101,10 +101,10 @@ def run_ddim(denoiser: Denoiser, prompt: str, cfg: float, steps: int, z: Tensor,
     keep, snaps = snapshot_steps(steps), []
     bar = tqdm(total=steps, desc="ddim", disable=not progress, leave=False)
 
-    def callback(i: int, x: Tensor, x0: Tensor) -> None:
+    def callback(step: DDIMStep) -> None:
         bar.update()
-        if i in keep:
-            snaps.append(x0)
+        if step.i in keep:
+            snaps.append(step.x0)
 
     start = time.perf_counter()
     x_top = add_noise(torch.zeros_like(z), z, grid.alphas[0])

@@ -13,7 +13,7 @@ from sdi.errors import WriteError
 from sdi.limits import RUN_MINIMUM, SEED_MAX
 
 METHOD_PRESETS = {"sdi": "fast", "sds": "sds", "ism": "ism", "nfsd": "nfsd", "csd": "csd", "sdi-paper": "sdi-paper",
-                  "sdi-reference": "sdi-reference"}
+                  "sdi-reference": "sdi-reference", "sds-threestudio": "sds-threestudio"}
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:

@@ -6,16 +6,34 @@ Sampling and inversion are the same loop on a descending or an ascending Grid.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from sdi.diffusion.noise_sampler import NoiseSampler
 from sdi.diffusion.parametrization import add_noise, x0_from_eps
 from sdi.diffusion.schedules import Grid
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
-Callback = Callable[[int, Tensor, Tensor], None]  # (i, x the step starts from, x0 predicted at step i)
+
+
+@dataclass(frozen=True)
+class DDIMStep:
+    """What step ``i`` of a DDIM loop did, for a callback: it evaluated the model at ``grid.timesteps[i]``
+    on ``x`` (predicting ``eps`` and ``x0``) and moved to ``x_next`` (entropy noise of std ``noise_std``
+    x ``step_noise`` included; ``noise_std`` is None without it)."""
+
+    i: int
+    x: Tensor
+    eps: Tensor
+    x0: Tensor
+    x_next: Tensor
+    noise_std: Tensor | None = None
+
+
+Callback = Callable[[DDIMStep], None]
 
 
 def ddim_step(x: Tensor, eps: Tensor, alpha_from: Tensor, alpha_to: Tensor) -> Tensor:
@@ -34,23 +52,23 @@ def ddim_loop(
     grid: Grid,
     callback: Callback | None = None,
     step_noise: float = 0.0,
-    generator: torch.Generator | None = None,
+    noise: NoiseSampler | None = None,
 ) -> Tensor:
-    """Walk x along ``grid``; ``step_noise`` > 0 adds ``step_noise`` x the DDPM posterior std of fresh
-    noise after every step (the SDI reference code's entropy term during inversion)."""
+    """Walk x along ``grid``; ``step_noise`` > 0 adds (``step_noise`` z) x the DDPM posterior std between
+    the two levels after every step, z the next draw of ``noise`` (the authors' SDI entropy term)."""
+    if step_noise and noise is None:
+        raise ValueError("step_noise needs a noise sampler")
     for i in range(len(grid)):
         a_from, a_to = grid.alphas[i], grid.alphas[i + 1]
         t = grid.timesteps[i].expand(x.shape[0])
         eps = eps_fn(x, t)
-        if callback is not None:
-            callback(i, x, x0_from_eps(x, eps, a_from))
-        x = ddim_step(x, eps, a_from, a_to)
+        x_next, std = ddim_step(x, eps, a_from, a_to), None
         if step_noise:
             std = posterior_std(torch.minimum(a_from, a_to), torch.maximum(a_from, a_to))
-            # drawn on the generator's device (the caller's CPU generator also drives CUDA runs)
-            device = generator.device if generator is not None else x.device
-            noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
-            x = x + step_noise * std * noise
+            x_next = x_next + (step_noise * noise(x_next)) * std
+        if callback is not None:
+            callback(DDIMStep(i, x, eps, x0_from_eps(x, eps, a_from), x_next, std))
+        x = x_next
     return x
 
 
@@ -67,10 +85,10 @@ def ddim_invert(
     grid: Grid,
     callback: Callback | None = None,
     step_noise: float = 0.0,
-    generator: torch.Generator | None = None,
+    noise: NoiseSampler | None = None,
 ) -> Tensor:
-    """DDIM inversion of a clean sample up an ascending grid; the model is evaluated at the
-    destination timestep, as in diffusers' DDIMInverseScheduler. Returns the noisy sample."""
+    """DDIM inversion of a clean sample up an ascending grid (labelled at the destination as diffusers'
+    DDIMInverseScheduler does, or at the source: ``source_grid``). Returns the noisy sample."""
     if len(grid) > 1 and grid.timesteps[0] > grid.timesteps[-1]:
         raise ValueError("ddim_invert needs an ascending grid (see inversion_grid)")
-    return ddim_loop(eps_fn, x0, grid, callback, step_noise, generator)
+    return ddim_loop(eps_fn, x0, grid, callback, step_noise, noise)

@@ -106,3 +106,21 @@ def level_grid(ac: Tensor, t_from: int, t_to: int, num_steps: int, initial_alpha
     alphas = torch.stack([alpha_at(int(t)) for t in levels])
     ts = levels[1:] if t_to > t_from else levels[:-1]
     return Grid(ts.clamp(min=0), alphas)
+
+
+def leading_inversion_levels(num_train: int, t: int, t_end: int, num_steps: int = 10, offset: int = 1) -> Tensor:
+    """The authors' SDI inversion levels (threestudio ``get_inversion_timesteps``): the points of the leading
+    ``num_steps`` grid {offset + k T / n} strictly below t, the first of them minus the stride in front
+    (-99, the clean latent) and ``t_end`` last. t = 250, t_end = 287 -> [-99, 1, 101, 201, 287].
+    (Their code fails for t <= offset, where no point lies below t; here the path is then one step.)"""
+    stride = num_train // num_steps
+    below = [offset + k * stride for k in range(num_steps) if offset + k * stride < t]
+    first = (below[0] if below else offset) - stride
+    return torch.tensor([first, *below, t_end], dtype=torch.int64)
+
+
+def source_grid(ac: Tensor, levels: Tensor) -> Grid:
+    """A DDIM path through integer ``levels``, the model labelled with the SOURCE level of each step
+    (the authors' inversion; diffusers' inverse scheduler labels the destination). A negative level
+    sits at a(0): the label -99 of the clean latent reaches the model as is."""
+    return Grid(levels[:-1], ac[levels.clamp(min=0)])

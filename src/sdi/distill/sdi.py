@@ -1,29 +1,39 @@
 """SDI (Lukoianov et al. 2024): annealed t, kappa by prompt-conditioned DDIM inversion.
 
 Two variants, both faithful to something real (see docs/paper-vs-reference.md):
-- ``sdi_paper``: the paper's App. A. tau ~ U(0, 1/30); t 0.98 -> 0.2; int(10 t) inversion steps;
-  entropy 0.3 sqrt(1 - a_t) N(0, I) added once, to the inverted x_t.
-- ``sdi_reference``: the authors' threestudio code. tau ~ U(0, 0.1); t 0.98 -> 0.25; entropy
-  0.3 x the DDPM posterior std added after every inversion step instead of once.
+- ``sdi_paper``: the paper's equations (App. A). tau ~ U(0, 1/30); t 0.98 -> 0.2 over the run; int(10 t)
+  even inversion steps; Eq. 3 CFG; entropy 0.3 sqrt(1 - a_t) N(0, I) added once, to the inverted x_t;
+  Eq. 10's forward call on sqrt(a_t) x0 + sqrt(1 - a_t) kappa; Perp-Neg, as App. A says.
+- ``sdi_reference``: the authors' threestudio code, step for step (checked against their outputs in
+  tests/test_reference_vectors.py). t = int(1000 (0.73 (1 - step / 10000) + 0.25)), delta = int(100 u);
+  the leading 10-step inversion grid from -99 (at a(0)) with source labels; entropy 0.3 x the DDPM
+  posterior std after every inversion step; the forward call on the inverted latent itself, labelled t;
+  Perp-Neg with embedding interpolation; without Perp-Neg, their CFG form eps_c + s (eps_c - eps_u).
 """
 
 from __future__ import annotations
 
+from sdi.diffusion.guidance import Guidance
 from sdi.distill.noise import Cached, Inversion, WithEntropy, paper_inversion_steps
 from sdi.distill.rule import Rule
-from sdi.distill.timesteps import AnnealedT, GridT
+from sdi.distill.timesteps import AnnealedT, GridT, ThreestudioAnnealedT
+
+PERP_NEG = Guidance(perp_neg="embeddings")
+"""Perp-Neg as the authors run it (threestudio's embedding interpolation), the default of both variants."""
 
 
-def sdi_paper(cfg: float = 7.5, inversion_cfg: float = -7.5, entropy: float = 0.3, end: float = 0.2) -> Rule:
-    """SDI with the paper's numbers."""
+def sdi_paper(cfg: float = 7.5, inversion_cfg: float = -7.5, entropy: float = 0.3, end: float = 0.2,
+              guidance: Guidance = PERP_NEG) -> Rule:
+    """SDI with the paper's equations and numbers, Perp-Neg on (Eq. 3 CFG on priors without free text)."""
     noise = WithEntropy(Inversion(cfg=inversion_cfg), entropy)
-    return Rule("sdi", AnnealedT(0.98, end, tau_max=1.0 / 30.0), noise, cfg)
+    return Rule("sdi", AnnealedT(0.98, end, tau_max=1.0 / 30.0), noise, cfg, guidance=guidance)
 
 
-def sdi_reference(cfg: float = 7.5, inversion_cfg: float = -7.5, entropy: float = 0.3) -> Rule:
-    """SDI with the authors' code's numbers (threestudio configs/sdi.yaml)."""
-    noise = Inversion(cfg=inversion_cfg, step_noise=entropy)
-    return Rule("sdi-reference", AnnealedT(0.98, 0.25, tau_max=0.1), noise, cfg)
+def sdi_reference(cfg: float = 7.5, inversion_cfg: float = -7.5, entropy: float = 0.3, perp_neg: bool = True) -> Rule:
+    """SDI as the authors' code computes it (threestudio configs/sdi.yaml, stable_diffusion_sdi_guidance.py)."""
+    noise = Inversion(cfg=inversion_cfg, step_noise=entropy, path="leading", forward_on_inverted=True)
+    guidance = PERP_NEG if perp_neg else Guidance(anchor="cond")
+    return Rule("sdi-reference", ThreestudioAnnealedT(), noise, cfg, guidance=guidance)
 
 
 def sdi_grid(

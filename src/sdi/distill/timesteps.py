@@ -23,6 +23,8 @@ class Levels:
     """The timestep of the update, and the (higher or equal) level at which kappa lives."""
 
     t: int
+    """Level of the update (schedules give an int; a (B,) int64 tensor of per-item levels, as threestudio's
+    SDS draws for B > 1, works with estimators that do not look at t, such as random kappa)."""
     t_kappa: int
 
 
@@ -38,6 +40,19 @@ class RandomT:
     def __call__(self, step: int, total: int, num_train: int, generator: torch.Generator) -> Levels:
         u = torch.rand((), generator=generator, device=generator.device).item()
         t = to_level(self.lo + (self.hi - self.lo) * u, num_train)
+        return Levels(t, t)
+
+
+@dataclass(frozen=True)
+class UniformT:
+    """threestudio's SDS: an integer t uniform in lo..hi inclusive (``torch.randint(min_step, max_step + 1)``,
+    min/max_step = int(T x 0.02 / 0.98) = 20 / 980), kappa at the same level."""
+
+    lo: int = 20
+    hi: int = 980
+
+    def __call__(self, step: int, total: int, num_train: int, generator: torch.Generator) -> Levels:
+        t = int(torch.randint(self.lo, self.hi + 1, (), generator=generator, device=generator.device))
         return Levels(t, t)
 
 
@@ -66,6 +81,29 @@ class AnnealedT:
         u = torch.rand((), generator=generator, device=generator.device).item() if self.tau_max > 0 else 0.0
         tau = self.tau_max * u
         return Levels(to_level(t, num_train), to_level(t + tau, num_train))
+
+
+@dataclass(frozen=True)
+class ThreestudioAnnealedT:
+    """The authors' SDI schedule, literally (threestudio ``update_step`` and ``get_inversion_timesteps``):
+    t = int(T ((hi - lo) (1 - step / horizon) + lo)), the horizon being the guidance's own trainer_max_steps
+    whatever the run's length; delta = int(u T // 10) training steps (0..99), u ~ U(0, 1); t + delta
+    clamped to T - 1. 980 -> 250 over 10000 steps."""
+
+    hi: float = 0.98
+    """t fraction at step 0 (max_step_percent)."""
+    lo: float = 0.25
+    """t fraction at the horizon (min_step_percent)."""
+    horizon: int = 10_000
+    """trainer_max_steps of the authors' config."""
+    delta_divisor: int = 10
+    """inversion_n_steps: delta = int(u T // delta_divisor)."""
+
+    def __call__(self, step: int, total: int, num_train: int, generator: torch.Generator) -> Levels:
+        t = int(num_train * ((self.hi - self.lo) * (1 - step / self.horizon) + self.lo))
+        u = torch.rand((), generator=generator, device=generator.device).item()
+        delta = int(u * num_train // self.delta_divisor)
+        return Levels(t, min(t + delta, num_train - 1))
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sdi.diffusion.denoiser import CameraBatch
+from sdi.diffusion.denoiser import CameraBatch, Prompt, PromptMix
+from sdi.diffusion.noise_sampler import NoiseSampler
 from sdi.diffusion.parametrization import eps_from_v
-from sdi.diffusion.perp_neg import has_view_suffix, view_bins, view_prompt
+from sdi.diffusion.views import camera_angles, has_view_suffix, view_index, view_prompts
 
 DEFAULT_HUB_ID = "stabilityai/stable-diffusion-2-1-base"
 SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -47,8 +48,9 @@ class StableDiffusionOptions:
     """Resize images (bilinear) to the model's own size, ``image_size`` (512 for SD 2.1-base), before encoding,
     as threestudio does with renders: the render resolution then sets only the render's cost."""
     encode_mode: Literal["mean", "sample"] = "mean"
-    """Latent of an image: the VAE posterior mean (deterministic, our default) or a sample from it
-    (threestudio's choice; the posterior std of SD's VAE is tiny, so they barely differ)."""
+    """Latent of an image: the VAE posterior mean (deterministic, our default) or a sample from it,
+    mean + std n with n the caller's noise draw (threestudio's ``posterior.sample()``; the posterior std
+    of SD's VAE is tiny, so they barely differ)."""
     unet_grad: bool = False
     """Build the autograd graph through the UNet. Score distillation never differentiates the UNet
     (DreamFusion drops its Jacobian), so by default it runs under ``no_grad`` to save memory."""
@@ -64,11 +66,15 @@ class StableDiffusionPrior:
     """A diffusers Stable Diffusion (UNet + VAE + CLIP text encoder) behind the ``Denoiser`` protocol.
 
     ``predict_eps`` runs every prompt branch in ONE batched UNet call (branches concatenated along
-    the batch), with text embeddings computed once per distinct text and cached in
-    ``text_embeddings`` (fill it by hand to run without a text encoder). v-prediction models are
+    the batch, each item with its own latent), with text embeddings computed once per distinct text and
+    cached in ``text_embeddings`` (fill it by hand to run without a text encoder). A ``PromptMix`` branch
+    mixes the embeddings of its texts per item before the UNet (Perp-Neg). v-prediction models are
     converted to eps (Salimans & Ho 2022). Outputs come back in the dtype of the input. ``image_size`` is
     the side of the images the model was trained on: UNet sample size x the VAE's downscale.
     """
+
+    free_text = True
+    """Any text is a prompt; ``PromptMix`` branches work (a ``Denoiser`` capability)."""
 
     def __init__(
         self,
@@ -122,41 +128,65 @@ class StableDiffusionPrior:
                 self.text_embeddings[text] = self.text_encoder(ids)[0].to(self.dtype)
         return self.text_embeddings[text]
 
-    def texts_for(self, prompt: str, cameras: CameraBatch | None, batch: int) -> list[str]:
-        """The text each batch item is conditioned on: ``prompt``, plus its view suffix if enabled."""
+    @property
+    def sampled_encoding(self) -> bool:
+        """Whether ``encode`` draws the latent from the posterior (a ``Denoiser`` capability)."""
+        return self.options.encode_mode == "sample"
+
+    def _mix(self, texts: Sequence[str], weights: Tensor) -> Tensor:
+        """(B, 77, D): sum_k weights[:, k] E(texts[k]), summed in order (threestudio's r E_a + (1 - r) E_b, bitwise)."""
+        w = weights.to(self.device, self.dtype).view(*weights.shape, 1, 1)
+        out = w[:, 0] * self.text_embedding(texts[0])
+        for k in range(1, len(texts)):
+            out = out + w[:, k] * self.text_embedding(texts[k])
+        return out
+
+    def branch_embeddings(self, prompt: Prompt, cameras: CameraBatch | None, batch: int) -> Tensor:
+        """(B, 77, D) the text embedding each batch item of one branch is conditioned on: a ``PromptMix``'s
+        mix, or ``prompt`` plus its view suffix if enabled (threestudio's bins, ``sdi.diffusion.views``)."""
+        if isinstance(prompt, PromptMix):
+            if len(prompt.weights) != batch:
+                raise ValueError(f"a PromptMix of {len(prompt.weights)} rows for a batch of {batch} images")
+            return self._mix(prompt.texts, prompt.weights)
         if not self.options.view_dependent_prompts or cameras is None or prompt == "" or has_view_suffix(prompt):
-            return [prompt] * batch
+            return self.text_embedding(prompt).expand(batch, -1, -1)
         if len(cameras) != batch:
             raise ValueError(f"{len(cameras)} cameras for a batch of {batch} images")
-        return [view_prompt(prompt, name) for name in view_bins(cameras.view_directions())]
+        views = torch.cat([self.text_embedding(text) for text in view_prompts(prompt)])  # (4, 77, D)
+        return views[view_index(*camera_angles(cameras)).to(self.device)]
 
     # -- Denoiser protocol --------------------------------------------------------------------
     def predict_eps(
-        self, x_t: Tensor, t: Tensor, prompts: Sequence[str], cameras: CameraBatch | None = None
+        self, x_t: Tensor, t: Tensor, prompts: Sequence[Prompt], cameras: CameraBatch | None = None
     ) -> Tensor:
         """x_t (B, 4, h, w), t (B,) or scalar int -> eps (len(prompts), B, 4, h, w), one UNet call."""
         if len(prompts) == 0:
             raise ValueError("predict_eps needs at least one prompt ('' is the unconditional one)")
         batch, n = x_t.shape[0], len(prompts)
         t = torch.as_tensor(t, device=self.device).long().reshape(-1).expand(batch).repeat(n)
-        texts = [text for p in prompts for text in self.texts_for(p, cameras, batch)]
-        context = torch.cat([self.text_embedding(text) for text in texts])  # (n B, 77, D)
-        x_in = x_t.to(self.device, torch.float32).repeat(n, 1, 1, 1)  # branch-major, matches ``texts``
+        context = torch.cat([self.branch_embeddings(p, cameras, batch) for p in prompts])  # (n B, 77, D)
+        x_in = x_t.to(self.device, torch.float32).repeat(n, 1, 1, 1)  # branch-major, matches ``context``
         with torch.set_grad_enabled(self.options.unet_grad and torch.is_grad_enabled()):
             out = self.unet(x_in.to(self.dtype), t, encoder_hidden_states=context).sample.float()
-            if self.prediction_type == "v_prediction":  # converted in fp32
-                out = eps_from_v(x_in, out, self._alphas_on_device[t].view(-1, 1, 1, 1))
+            if self.prediction_type == "v_prediction":  # converted in fp32; label -99 sits at a(0)
+                out = eps_from_v(x_in, out, self._alphas_on_device[t.clamp(min=0)].view(-1, 1, 1, 1))
         return out.reshape(n, *x_t.shape).to(x_t.dtype)
 
-    def encode(self, image: Tensor) -> Tensor:
-        """(B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/8, W/8), differentiable w.r.t. the image."""
+    def encode(self, image: Tensor, noise: NoiseSampler | None = None) -> Tensor:
+        """(B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/8, W/8), differentiable w.r.t. the image.
+        With ``encode_mode="sample"`` the latent is mean + std n, n the next draw of ``noise``."""
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"encode takes (B, 3, H, W) images in [-1, 1], got {tuple(image.shape)}")
         size = (self.image_size, self.image_size)
         if self.options.resize_to_model and image.shape[-2:] != size:
             image = F.interpolate(image, size, mode="bilinear", align_corners=False)
         posterior = self.vae.encode(image.to(self.device, self.vae.dtype)).latent_dist
-        z = posterior.mean if self.options.encode_mode == "mean" else posterior.sample()
+        if self.options.encode_mode == "mean":
+            z = posterior.mean
+        elif noise is None:
+            raise ValueError("encode_mode='sample' needs a noise sampler: encode(image, noise)")
+        else:
+            z = posterior.mean + posterior.std * noise(posterior.mean)
         return ((z - self.shift_factor) * self.scaling_factor).to(image.dtype)
 
     def decode(self, latent: Tensor) -> Tensor:

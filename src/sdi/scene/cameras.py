@@ -25,6 +25,9 @@ class Cameras:
     """Image height in pixels."""
     width: int
     """Image width in pixels."""
+    angles_deg: Tensor | None = None
+    """(B, 2) elevation and azimuth in degrees as the cameras were built (``orbit_cameras``), so that view
+    bins see the given angles exactly (45, not 44.99999); None: read off ``c2w``."""
 
     def __post_init__(self):
         if self.c2w.ndim != 3 or self.c2w.shape[1:] != (4, 4):
@@ -39,7 +42,8 @@ class Cameras:
 
     def to(self, device: torch.device | str) -> Cameras:
         """The same cameras with their tensors on ``device`` (rays are then cast there)."""
-        return replace(self, c2w=self.c2w.to(device), fovy=self.fovy.to(device))
+        angles = None if self.angles_deg is None else self.angles_deg.to(device)
+        return replace(self, c2w=self.c2w.to(device), fovy=self.fovy.to(device), angles_deg=angles)
 
     @property
     def positions(self) -> Tensor:
@@ -52,6 +56,8 @@ class Cameras:
 
     def elevation_azimuth(self) -> Tensor:
         """(B, 2) elevation and azimuth in degrees of each camera as seen from the origin."""
+        if self.angles_deg is not None:
+            return self.angles_deg
         return direction_elevation_azimuth(self.view_directions())
 
     def rays(self) -> tuple[Tensor, Tensor]:
@@ -117,7 +123,9 @@ def orbit_cameras(
     c2w = torch.eye(4, device=device).repeat(n, 1, 1)
     c2w[:, :3, 0], c2w[:, :3, 1], c2w[:, :3, 2] = right, up, back
     c2w[:, :3, 3] = back * distance[:, None]
-    return Cameras(c2w=c2w, fovy=fovy, height=size, width=size)
+    angles = torch.stack([torch.as_tensor(elevation_deg, dtype=torch.float32).reshape(-1),
+                          torch.as_tensor(azimuth_deg, dtype=torch.float32).reshape(-1)], dim=-1).to(device)
+    return Cameras(c2w=c2w, fovy=fovy, height=size, width=size, angles_deg=angles)
 
 
 def cameras_along(directions: Tensor, distance: float = 1.75, fovy_deg: float = 50.0, size: int = 64) -> Cameras:

@@ -15,8 +15,9 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from sdi.distill.rule import Rule, distill_step, distillation_loss
-from sdi.diffusion.denoiser import Denoiser
+from sdi.distill.rule import Rule, distill_step
+from sdi.diffusion.denoiser import Denoiser, encode
+from sdi.diffusion.noise_sampler import generator_noise
 from sdi.scene.fields import GridField, GridFieldConfig, HashGridField, SolidBackground
 from sdi.scene.regularizers import (
     convexity_loss,
@@ -128,9 +129,9 @@ def training_step(state: TrainState, preset: Preset, rule: Rule, denoiser: Denoi
     lights = sample_lights(cameras, g) if shading != "albedo" else None
     out = render(scene.field, scene.background, cameras, preset.num_samples, shading, lights, g, scene.occupancy,
                  chunk=preset.chunk)
-    latent = denoiser.encode(out.rgb * 2 - 1)
+    latent = encode(denoiser, out.rgb * 2 - 1, generator_noise(g))  # SD's posterior.sample() draws from g
     update = distill_step(rule, denoiser, latent, state.step, preset.steps, prompt, g, state.rule_state, cameras)
-    distill = distillation_loss(latent, update.target)  # d/d latent = update.grad / (B numel)
+    distill = update.loss(latent)  # the rule's term of the one loss convention (distill.rule.distillation_loss)
     regs = regularizers(out, preset, progress)
     loss = distill + sum(regs.values())
     if not math.isfinite(loss.item()):

@@ -1,7 +1,8 @@
 """Typed presets: plain Python objects, no string registries of untyped dicts.
 
 ``sdi-paper`` and ``sdi-reference`` differ exactly where the paper and the authors' code differ
-(see docs/paper-vs-reference.md); ``fast`` is the CPU default of ``sdi generate``.
+(see docs/paper-vs-reference.md); ``sds-threestudio`` is threestudio's dreamfusion-sd SDS, the paper's
+Table 1 baseline; ``fast`` is the CPU default of ``sdi generate``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sdi.distill.ism import ism
 from sdi.distill.nfsd import nfsd
 from sdi.distill.rule import Rule
 from sdi.distill.sdi import sdi_paper, sdi_reference
-from sdi.distill.sds import sds
+from sdi.distill.sds import sds, sds_threestudio
 from sdi.priors.stable_diffusion import StableDiffusionOptions
 from sdi.scene.cameras import CameraSampling
 from sdi.scene.fields import GridFieldConfig, HashGridFieldConfig
@@ -123,10 +124,32 @@ SDI_PAPER = Preset(
     weights=PAPER_WEIGHTS,
     checkpoint_every=1000,
 )
-"""The paper's App. A: SD 2.1-base at 512x512, hash grid, 10k steps (a GPU run with --prior sd:PATH)."""
+"""The paper's App. A: SD 2.1-base at 512x512, hash grid, 10k steps, Perp-Neg (a GPU run with --prior sd:PATH)."""
 
-SDI_REFERENCE = replace(SDI_PAPER, name="sdi-reference", rule=lambda: sdi_reference())
-"""The authors' threestudio code: tau up to 0.1, t floor 0.25, entropy at every inversion step."""
+THREESTUDIO_SD = StableDiffusionOptions(view_dependent_prompts=True, resize_to_model=True, encode_mode="sample")
+"""Stable Diffusion as threestudio runs it: view prompts, renders resized to 512, latents by posterior.sample()."""
+
+SDI_REFERENCE = replace(
+    SDI_PAPER,
+    name="sdi-reference",
+    rule=lambda: sdi_reference(),
+    weights=replace(PAPER_WEIGHTS, convexity=ramp(1.0, 0.1, 0.4)),
+    stable_diffusion=THREESTUDIO_SD,
+)
+"""The authors' threestudio code (configs/sdi.yaml): their SDI step exactly (tests/test_reference_vectors.py), their
+convexity weight 1.0 -> 0.1 over 4000 steps, latents sampled from the VAE posterior."""
+
+SDS_THREESTUDIO = replace(
+    SDI_PAPER,
+    name="sds-threestudio",
+    rule=lambda: sds_threestudio(),
+    resolution=64,
+    cameras=CameraSampling(distance=(1.5, 2.0), fovy_deg=(40, 70), elevation_deg=(-10, 90)),
+    weights=LossWeights(orientation=ramp(10.0, 1000.0, 0.5), sparsity=constant(1.0), convexity=constant(0.0)),
+    stable_diffusion=THREESTUDIO_SD,
+)
+"""threestudio's configs/dreamfusion-sd.yaml: its SDS step exactly (CFG 100, w = 1 - a_t, loss 0.5 sum / B), 64x64
+renders resized to 512, orientation 10 -> 1000 over 5000 steps, sparsity 1 (weights for its sum loss); Perp-Neg on."""
 
 SDS = replace(FAST, name="sds", rule=lambda: sds(cfg=7.5))
 """SDS on the CPU settings (CFG 7.5 to compare with SDI at the same guidance; DreamFusion used 100)."""
@@ -140,8 +163,13 @@ NFSD = replace(FAST, name="nfsd", rule=lambda: nfsd(cfg=7.5, negative=""))
 CSD = replace(FAST, name="csd", rule=lambda: csd(scale=7.5))
 """CSD (classifier score only) on the CPU settings, scale 7.5."""
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (FAST, SDI_PAPER, SDI_REFERENCE, SDS, ISM, NFSD, CSD)}
+PRESETS: dict[str, Preset] = {p.name: p for p in (FAST, SDI_PAPER, SDI_REFERENCE, SDS_THREESTUDIO, SDS, ISM, NFSD, CSD)}
 """Presets by name, for the command line."""
+
+
+def gpu_sized(preset: Preset) -> bool:
+    """Whether ``preset`` is a GPU run for Stable Diffusion (512 renders or threestudio's hash grid at any size)."""
+    return preset.resolution > 128 or isinstance(preset.radiance_field, HashGridFieldConfig)
 
 
 def cpu_sized(preset: Preset) -> Preset:

@@ -28,7 +28,7 @@ from sdi.run_folder import CHECKPOINT, CONFIG, PREVIOUS
 from sdi.train.checkpoint import (CheckpointError, load_checkpoint, pack_training_state, restore_training_state,
                                   save_checkpoint)
 from sdi.train.loop import StepInfo, TrainState, TrainingDiverged, new_state, train
-from sdi.train.presets import Preset, cpu_sized, get_preset
+from sdi.train.presets import Preset, cpu_sized, get_preset, gpu_sized
 
 CHECKPOINT_SECONDS = 60.0
 """Default wall time between checkpoints, besides every ``preset.checkpoint_every`` steps and the last step."""
@@ -65,7 +65,7 @@ class RunConfig:
     def resolved_preset(self) -> Preset:
         """The preset with overrides applied; GPU-sized presets shrink to CPU sizes on the embedded prior."""
         preset = get_preset(self.preset)
-        if self.prior == "embedded" and preset.resolution > 128:
+        if self.prior == "embedded" and gpu_sized(preset):
             preset = cpu_sized(preset)
         return self.with_overrides(preset)
 
