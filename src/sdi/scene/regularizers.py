@@ -45,10 +45,8 @@ def z_variance_loss(out: RenderOutput, min_opacity: float = 0.5) -> Tensor:
     opacity = out.weights.sum(-1, keepdim=True)
     z = (out.weights * out.t_mids).sum(-1, keepdim=True) / opacity.clamp(min=1e-6)
     var = (out.weights * (out.t_mids - z).square()).sum(-1)  # (B, H, W)
-    mask = opacity[..., 0] > min_opacity
-    if not mask.any():
-        return var.sum() * 0.0
-    return var[mask].mean()
+    mask = (opacity[..., 0] > min_opacity).to(var.dtype)  # a masked mean without packing: no host sync
+    return (var * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def image_axes(directions: Tensor) -> tuple[Tensor, Tensor]:

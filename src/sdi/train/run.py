@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from sdi.io import atomic_write_json
 from sdi.diffusion.denoiser import CountingDenoiser, Denoiser
 from sdi.train.checkpoint import load_checkpoint, pack_training_state, restore_training_state, save_checkpoint
-from sdi.train.loop import TrainState, TrainingDiverged, new_state, train
-from sdi.train.presets import Preset, cpu_sized, get_preset
+from sdi.train.loop import SYNC_EVERY, TrainState, TrainingDiverged, new_state, train
+from sdi.train.presets import Preset, cpu_sized, get_preset, views_line, with_views_per_step
 
 CHECKPOINT = "checkpoint.safetensors"
 CONFIG = "config.json"
@@ -53,6 +53,10 @@ class RunConfig:
     """Override of the preset's VAE gradient checkpointing (sd: only)."""
     compile_unet: bool | None = None
     """Override of the preset's torch.compile of the UNet (sd: only; CUDA only)."""
+    views_per_step: int | None = None
+    """K views per step with averaged gradients and steps // K steps (``presets.with_views_per_step``)."""
+    antithetic: bool = False
+    """With ``views_per_step``: draw the views as antithetic pairs, 180 degrees apart in azimuth."""
 
     def resolved_preset(self) -> Preset:
         """The preset with overrides applied; GPU-sized presets shrink to CPU sizes on the embedded prior."""
@@ -70,7 +74,14 @@ class RunConfig:
                 raise ValueError(f"--{name} must be at least {least[name]}, got {value}")
         sd_names = ("gradient_checkpointing_vae", "compile_unet")
         sd = {name: getattr(self, name) for name in sd_names if getattr(self, name) is not None}
-        return replace(preset, **given, stable_diffusion=replace(preset.stable_diffusion, **sd))
+        preset = replace(preset, **given, stable_diffusion=replace(preset.stable_diffusion, **sd))
+        if self.views_per_step is None:
+            if self.antithetic:
+                raise ValueError("--antithetic pairs the views of a step: give --views-per-step K (even) too")
+            return preset
+        if self.batch is not None:
+            raise ValueError("give --views-per-step or --batch, not both (--views-per-step K sets K views per step)")
+        return with_views_per_step(preset, self.views_per_step, self.antithetic)
 
 
 def run_device(config: RunConfig) -> torch.device:
@@ -167,11 +178,14 @@ def train_run(
     start, info = time.perf_counter(), None
     elapsed = lambda: extra["elapsed_s"] + time.perf_counter() - start  # noqa: E731
     calls = lambda: extra["denoiser_calls"] + denoiser.calls  # noqa: E731
-    bar = tqdm(total=preset.steps, initial=state.step, desc=f"{preset.name} {config.prompt!r}", disable=not progress)
+    views = views_line(preset)
+    desc = f"{preset.name} {config.prompt!r}" + (f" [{views}]" if views else "")
+    bar = tqdm(total=preset.steps, initial=state.step, desc=desc, disable=not progress)
     try:
         for info in train(state, preset, rule, denoiser, config.prompt):
             bar.update()
-            bar.set_postfix(loss=f"{info.loss:.3g}", t=info.t)
+            if state.step % SYNC_EVERY == 0 or state.step == preset.steps:  # reading the loss syncs a GPU
+                bar.set_postfix(loss=f"{info.loss:.3g}", t=info.t)
             if state.step % preset.checkpoint_every == 0 or state.step == preset.steps:
                 check_finite(state)
                 save_state(run_dir, state, config, elapsed(), calls(), info.loss)
@@ -212,4 +226,5 @@ def describe(preset: Preset) -> dict:
             "radiance_field": repr(preset.radiance_field), "cameras": repr(preset.cameras),
             "shading": preset.shading, "checkpoint_every": preset.checkpoint_every,
             "view_conditioning": preset.view_conditioning, "chunk": preset.chunk,
-            "stable_diffusion": asdict(preset.stable_diffusion)}
+            "stable_diffusion": asdict(preset.stable_diffusion), "render": asdict(preset.render),
+            "average_views": preset.average_views}
