@@ -270,8 +270,10 @@ class RenderOutput:
     """(K, 3) unit normal of each shaded sample (None when rendered without normals)."""
     n_evaluated: int = 0
     """Points at which the field was evaluated (density passes; measures empty-space skipping)."""
+    n_with_grad: int = 0
+    """Of those, points evaluated with gradients (all of them in a single pass)."""
     n_shaded: int = 0
-    """Samples shaded with gradients (albedo, normals, colour): K."""
+    """Samples shaded (albedo, normals, colour): K."""
 
 
 @dataclass(frozen=True)
@@ -355,7 +357,8 @@ def _render_samples(field: Field, background: nn.Module, origins: Tensor, dirs: 
     opacity = w.sum(-1, keepdim=True)
     rgb = _composite(color, w_v, ray_v, n_rays) + (1.0 - opacity) * background(dirs)
     res = dict(rgb=rgb, opacity=opacity, depth=(w * t_mid).sum(-1, keepdim=True), weights=w, t_mids=t_mid,
-               ray_indices=ray_v, sample_weights=w_v, n_evaluated=int(idx.numel()), n_shaded=int(vis.numel()))
+               ray_indices=ray_v, sample_weights=w_v, n_evaluated=int(idx.numel()), n_with_grad=int(idx.numel()),
+               n_shaded=int(vis.numel()))
     if nrm is not None:
         res.update(normals=_composite(nrm, w_v, ray_v, n_rays), sample_normals=nrm)
     return res
@@ -436,5 +439,6 @@ def _assemble(parts: list[dict], b: int, h: int, w: int, dirs: Tensor) -> Render
         sample_weights=cat("sample_weights"),
         sample_normals=cat("sample_normals"),
         n_evaluated=sum(p["n_evaluated"] for p in parts),
+        n_with_grad=sum(p["n_with_grad"] for p in parts),
         n_shaded=sum(p["n_shaded"] for p in parts),
     )

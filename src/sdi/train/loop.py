@@ -142,6 +142,14 @@ def regularizers(out: RenderOutput, preset: Preset, progress: float) -> dict[str
     return {name: weight * loss() for name, (weight, loss) in terms.items() if weight > 0}
 
 
+def views_loss(preset: Preset, latent: Tensor, target: Tensor) -> Tensor:
+    """The step's distillation loss: the authors' batch loss ``distillation_loss`` (d/d latent = grad / (B numel)),
+    or with ``preset.average_views`` the mean of the B one-view losses, whose gradient is the mean of the one-view
+    gradients (K-view steps)."""
+    loss = distillation_loss(latent, target)
+    return loss * len(latent) if preset.average_views else loss
+
+
 def training_step(state: TrainState, preset: Preset, rule: Rule, denoiser: Denoiser, prompt: str) -> StepInfo:
     """One step: cameras -> render -> Eq. 10 update of the encoded render -> regularizers -> Adam."""
     g, scene, progress = state.generator, state.scene, state.step / max(preset.steps - 1, 1)
@@ -153,9 +161,7 @@ def training_step(state: TrainState, preset: Preset, rule: Rule, denoiser: Denoi
                  chunk=preset.chunk, **preset.render.render_kwargs())
     latent = denoiser.encode(out.rgb * 2 - 1)
     update = distill_step(rule, denoiser, latent, state.step, preset.steps, prompt, g, state.rule_state, cameras)
-    distill = distillation_loss(latent, update.target)  # d/d latent = update.grad / (B numel)
-    if preset.average_views:
-        distill = distill * len(latent)  # the mean of the B one-view losses: each view's gradient, averaged
+    distill = views_loss(preset, latent, update.target)
     regs = regularizers(out, preset, progress)
     loss = distill + sum(regs.values())
     state.optimizer.zero_grad(set_to_none=True)
