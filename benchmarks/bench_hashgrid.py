@@ -7,7 +7,10 @@ albedo, w.r.t. the parameters only (as in training with finite-difference normal
 - ``autograd``: the per-level reference through plain autograd (``HashGridEncoding(fused=False)``);
 - ``fused``: the custom backward that recomputes corners (``fused_hash_encode``), eager;
 - ``compiled``: ``fused`` under ``torch.compile(fullgraph=True, dynamic=True)`` (``compile_field``);
-- ``tcnn``: tinycudann's HashGrid (CUDA only, when it imports).
+- ``tcnn``: tinycudann's HashGrid (CUDA only, when it imports);
+- ``normals-autograd`` / ``normals-fd`` / ``normals-fd-compiled``: the normals of textureless shading and a loss on
+  them, forward + backward, per point: double backward through the autograd encoding, or central finite
+  differences (6 density evaluations) through the fused one, eager or compiled.
 
     python benchmarks/bench_hashgrid.py --points 1048576            # GPU
     python benchmarks/bench_hashgrid.py --tiny                      # CPU smoke run, small table
@@ -23,6 +26,7 @@ import torch
 
 from sdi.scene.compiled import compile_field
 from sdi.scene.fields import HashGridField, hash_grid_paper_config
+from sdi.scene.renderer import field_normals
 
 
 def sync(device: torch.device) -> None:
@@ -40,9 +44,18 @@ def make_field(variant: str, log2_table: int, device: torch.device, backend: str
         raise RuntimeError("tinycudann is not available")
     if field.encoding is not None:
         field.encoding.fused = variant != "autograd"
-    if variant == "compiled":
+    if variant in ("compiled", "normals-fd-compiled"):
         compile_field(field, backend=backend)
     return field
+
+
+def pass_loss(variant: str, field: HashGridField, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The loss whose forward + backward one pass times: of the field's outputs, or of its normals."""
+    if variant.startswith("normals-"):
+        method = "autograd" if variant == "normals-autograd" else "finite_difference"
+        return (field_normals(field, x, method) * weights[1:]).mean()
+    out = field(x)
+    return (out.density * weights[0]).mean() + (out.albedo * weights[1:]).mean()
 
 
 def throughput(variant: str, points: int, iters: int, log2_table: int, device: torch.device,
@@ -55,9 +68,7 @@ def throughput(variant: str, points: int, iters: int, log2_table: int, device: t
     for i in range(iters + 2):
         sync(device)
         start = time.perf_counter()
-        out = field(x)
-        loss = (out.density * weights[0]).mean() + (out.albedo * weights[1:]).mean()
-        loss.backward()
+        pass_loss(variant, field, x, weights).backward()
         sync(device)
         if i >= 2:  # the first passes compile / warm up
             times.append(time.perf_counter() - start)
@@ -73,7 +84,7 @@ def main(argv=None) -> dict:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--log2-table", type=int, default=19)
     p.add_argument("--levels", type=int, default=16)
-    p.add_argument("--variants", default="autograd,fused,compiled,tcnn")
+    p.add_argument("--variants", default="autograd,fused,compiled,tcnn,normals-autograd,normals-fd,normals-fd-compiled")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled variant")
     p.add_argument("--tiny", action="store_true",
                    help="16k points, 4 levels of T = 2^14, 1 timed pass, compiled with the 'eager' backend "
@@ -83,28 +94,28 @@ def main(argv=None) -> dict:
     if args.tiny:
         args.points, args.iters, args.log2_table, args.levels, args.compile_backend = 2**14, 1, 14, 4, "eager"
     device = torch.device(args.device)
-    rows = []
+    rows: list[dict] = []
+    result = {"device": str(device), "threads": torch.get_num_threads(), "log2_table": args.log2_table,
+              "levels": args.levels, "compile_backend": args.compile_backend, "rows": rows}
     for variant in args.variants.split(","):
         if variant == "tcnn" and device.type != "cuda":
             rows.append({"variant": variant, "error": "tinycudann needs CUDA"})
-            continue
-        try:
-            rows.append(throughput(variant, args.points, args.iters, args.log2_table, device, args.compile_backend,
-                                   args.levels))
-        except Exception as error:  # noqa: BLE001 - a variant that cannot run is reported, not fatal
-            rows.append({"variant": variant, "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"})
-    result = {"device": str(device), "threads": torch.get_num_threads(), "log2_table": args.log2_table,
-              "levels": args.levels,
-              "compile_backend": args.compile_backend, "rows": rows}
-    for r in rows:
-        if "error" in r:
-            print(f"{r['variant']:>9}: {r['error']}")
         else:
-            print(f"{r['variant']:>9}: {r['points_per_s'] / 1e6:8.3f} M points/s ({r['s_per_pass'] * 1e3:.1f} ms "
-                  f"per forward + backward of {r['points']} points)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+            try:
+                rows.append(throughput(variant, args.points, args.iters, args.log2_table, device,
+                                       args.compile_backend, args.levels))
+            except Exception as error:  # noqa: BLE001 - a variant that cannot run is reported, not fatal
+                reason = str(error).splitlines()[0][:200] if str(error) else ""
+                rows.append({"variant": variant, "error": f"{type(error).__name__}: {reason}"})
+        r = rows[-1]
+        if "error" in r:
+            print(f"{r['variant']:>19}: {r['error']}", flush=True)
+        else:
+            print(f"{r['variant']:>19}: {r['points_per_s'] / 1e6:8.3f} M points/s ({r['s_per_pass'] * 1e3:.1f} ms "
+                  f"per forward + backward of {r['points']} points)", flush=True)
+        if args.json:  # after every row: a run stopped at its time limit keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=1)
     return result
 
 

@@ -28,7 +28,9 @@ import torch
 
 from sdi.scene.cameras import orbit_cameras
 from sdi.scene.catalog import parse_prompt
+from sdi.io import save_image
 from sdi.scene.fields import HashGridField, SolidBackground, hash_grid_paper_config
+from sdi.scene.ground_truth import render_ground_truth
 from sdi.scene.renderer import OccupancyGrid, render
 
 
@@ -65,8 +67,17 @@ def views(size: int, n: int, device: str):
     return cameras, cameras.positions * 1.2
 
 
-def render_counts(field, cameras, lights, occupancy, strategy, normals, segments, chunk) -> tuple[dict, torch.Tensor]:
-    """One no-grad render (autograd normals still differentiate inside): counts per view and the image."""
+def normal_error_deg(normals: torch.Tensor, opacity: torch.Tensor, truth) -> float:
+    """Mean angle (degrees) between the composited normals and the ground truth's, where both cover the pixel."""
+    covered = ((opacity[:, 0] > 0.5) & (truth.mask[:, 0] > 0.5))
+    cos = (torch.nn.functional.normalize(normals, dim=1) * truth.normals).sum(1).clamp(-1, 1)
+    return torch.rad2deg(torch.acos(cos[covered])).mean().item()
+
+
+def render_counts(field, cameras, lights, occupancy, strategy, normals, segments, chunk,
+                  truth) -> tuple[dict, torch.Tensor]:
+    """One no-grad render (autograd normals still differentiate inside): counts per view, the normals' angle
+    error against the ground truth, and the image."""
     with torch.no_grad():
         out = render(field, SolidBackground().to(lights.device), cameras, 512, "textureless", lights, None,
                      occupancy, chunk=chunk, normals=normals, perturb=False, strategy=strategy, segments=segments)
@@ -75,7 +86,8 @@ def render_counts(field, cameras, lights, occupancy, strategy, normals, segments
     counts = {"strategy": strategy, "normals": normals, "occupancy": occupancy.resolution, "segments": segments,
               "evaluated_per_view": out.n_evaluated / n, "grad_pass_per_view": out.n_with_grad / n,
               "density_pass_per_view": (out.n_evaluated - out.n_with_grad) / n, "shaded_per_view": shaded,
-              "normal_evals_per_view": 6 * shaded if normals == "finite_difference" else shaded}
+              "normal_evals_per_view": 6 * shaded if normals == "finite_difference" else shaded,
+              "normal_error_deg": normal_error_deg(out.normals, out.opacity, truth)}
     return counts, out.rgb
 
 
@@ -106,6 +118,7 @@ def main(argv=None) -> dict:
     p.add_argument("--time-size", type=int, default=0, help="also time forward + backward at this render size")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", default=None)
+    p.add_argument("--images", default=None, help="PNG of every render (rows) and view (columns)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     field = fit_field(args.prompt, args.fit_steps, args.fit_batch, args.device, args.log2_table)
@@ -116,15 +129,20 @@ def main(argv=None) -> dict:
         grids[res] = OccupancyGrid(resolution=res).to(args.device)
         grids[res].update(0, field.density, torch.Generator(args.device).manual_seed(0))
     cameras, lights = views(args.size, args.views, args.device)
-    before, reference = render_counts(field, cameras, lights, grids[32], "single_pass", "autograd", 1, args.chunk)
+    truth = render_ground_truth(parse_prompt(args.prompt), cameras)
+    before, reference = render_counts(field, cameras, lights, grids[32], "single_pass", "autograd", 1, args.chunk,
+                                      truth)
+    images = [reference]
     rows = [{**before, "psnr_vs_before": float("inf")}]
     print_row(rows[0])
     configs = [(res, seg, "finite_difference") for res in map(int, args.occupancy.split(","))
                for seg in map(int, args.segments.split(","))]
     configs.append((configs[-1][0], configs[-1][1], "autograd"))  # the sampling alone, same normals as before
     for res, segments, normals in configs:
-        counts, rgb = render_counts(field, cameras, lights, grids[res], "two_pass", normals, segments, args.chunk)
+        counts, rgb = render_counts(field, cameras, lights, grids[res], "two_pass", normals, segments, args.chunk,
+                                    truth)
         rows.append({**counts, "psnr_vs_before": psnr(rgb, reference)})
+        images.append(rgb)
         print_row(rows[-1])
     result = {"prompt": args.prompt, "size": args.size, "views": args.views, "fit_steps": args.fit_steps,
               "fit_s": fit_s, "occupied_fraction": {r: g.mask.float().mean().item() for r, g in grids.items()},
@@ -140,6 +158,8 @@ def main(argv=None) -> dict:
                for r in map(int, args.occupancy.split(","))},
         }
     print_table(result)
+    if args.images:  # one row per render (before first), one column per view
+        save_image(args.images, torch.cat([torch.cat(list(im), dim=-1) for im in images], dim=-2))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
@@ -150,7 +170,8 @@ def print_row(r: dict) -> None:
     print(" | ".join([r["strategy"], str(r["occupancy"]), str(r["segments"]), r["normals"],
                       f"{r['evaluated_per_view'] / 1e6:.2f}", f"{r['density_pass_per_view'] / 1e6:.2f}",
                       f"{r['grad_pass_per_view'] / 1e6:.2f}", f"{r['shaded_per_view'] / 1e3:.1f}",
-                      f"{r['normal_evals_per_view'] / 1e6:.2f}", f"{r['psnr_vs_before']:.1f}"]), flush=True)
+                      f"{r['normal_evals_per_view'] / 1e6:.2f}", f"{r['psnr_vs_before']:.1f}",
+                      f"{r['normal_error_deg']:.1f}"]), flush=True)
 
 
 def print_table(result: dict) -> None:
@@ -158,7 +179,7 @@ def print_table(result: dict) -> None:
           f"{result['fit_steps']} steps; occupied cells: "
           + ", ".join(f"{r}^3 {100 * f:.1f}%" for r, f in result["occupied_fraction"].items()))
     head = ("strategy", "occ", "seg", "normals", "M evaluated", "M density", "M grad", "k shaded", "M normal ev",
-            "PSNR dB")
+            "PSNR dB", "normal error deg")
     print(" | ".join(head))
     for r in result["rows"]:
         print_row(r)

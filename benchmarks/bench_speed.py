@@ -216,6 +216,7 @@ def preset_rows(names: list[str], prior, resolution: int, args) -> list[dict]:
     for i, mode in enumerate(modes):
         if i > 0 and torch.device(args.device).type != "cuda":
             rows += [{"rule": n, "unet": mode, "error": "torch.compile of the UNet runs on CUDA only"} for n in names]
+            write_json(args, resolution, rows)
             break
         if i > 0:
             compile_prior_unet(prior)

@@ -77,11 +77,11 @@ if [ $TINY = 1 ]; then
     run_part speed 180 "$PY" benchmarks/bench_speed.py --tiny --presets "$PRESETS" --scene --iters 1 --warmup 0 \
         --compare-compile --json "$DEST/speed.json"
 else
-    run_part hashgrid 75 "$PY" benchmarks/bench_hashgrid.py --points 1048576 --iters 5 --json "$DEST/hashgrid.json"
+    run_part hashgrid 100 "$PY" benchmarks/bench_hashgrid.py --points 1048576 --iters 5 --json "$DEST/hashgrid.json"
     COMPILE_FIELD=--no-compile-field
     "$PY" -c "import json,sys; r={x['variant']: x for x in json.load(open(sys.argv[1]))['rows']}; \
 sys.exit('error' in r.get('compiled', {'error': 1}))" "$DEST/hashgrid.json" 2> /dev/null && COMPILE_FIELD=--compile-field
-    run_part generate 200 "$PY" benchmarks/gpu_generate.py --steps 100 --resolution 512 $COMPILE_FIELD --quiet \
+    run_part generate 190 "$PY" benchmarks/gpu_generate.py --steps 100 --resolution 512 $COMPILE_FIELD --quiet \
         --work /tmp/sdi-gpu-check --json "$DEST/generate.json"
     run_part speed 400 "$PY" benchmarks/bench_speed.py --presets "$PRESETS" --scene --render 512 --dtype bf16 \
         --iters 4 --warmup 1 --compare-compile --json "$DEST/speed.json"

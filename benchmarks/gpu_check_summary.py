@@ -21,7 +21,8 @@ GENERATE_FIELDS = ("preset", "steps", "render_resolution", "num_samples", "devic
 STAGES = ("render_forward", "vae_encode", "unet_inversion", "inversion_total", "unet_forward", "backward", "optimizer",
           "occupancy_update", "regularizers", "other")
 HASHGRID_FIELDS = ("variant", "points", "points_per_s", "s_per_pass", "error")
-HASHGRID_VARIANTS = ("autograd", "fused", "compiled", "tcnn")
+HASHGRID_VARIANTS = ("autograd", "fused", "compiled", "tcnn", "normals-autograd", "normals-fd",
+                     "normals-fd-compiled")
 ENVIRONMENT_FIELDS = ("gpu", "torch", "cuda", "python", "diffusers", "transformers", "cpu_threads")
 PARTS = ("hashgrid", "generate", "speed")
 
@@ -129,8 +130,8 @@ def markdown(r: dict) -> str:
             lines.append(f"| {row['preset']} | {row['unet']} | {fmt(row['s_per_iteration'])} | "
                          f"{fmt(row['unet_calls_per_iteration'])} | {fmt(row['unet_images_per_iteration'])} | "
                          f"{fmt(row['peak_memory_gb'])} | {fmt(row['projection_10k_steps_min'])} |")
-    lines += ["", f"## (b) sdi generate, preset {g['preset']}, {fmt(g['steps'])} steps at {fmt(g['render_resolution'])}",
-              ""]
+    lines += ["", f"## (b) sdi generate, preset {g['preset']}, {fmt(g['steps'])} steps at "
+              f"{fmt(g['render_resolution'])}", ""]
     if g["error"]:
         lines.append(f"error: {g['error']}")
     else:

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sdi.scene.hashgrid import HashGridEncoding, hash_coords, level_resolutions  # noqa: F401 - re-exported
+from sdi.scene.hashgrid import HashGridEncoding
 
 # --------------------------------------------------------------------------------------------
 # Shared pieces

@@ -62,7 +62,7 @@ def march_densities(density_fn, origins: Tensor, dirs: Tensor, t_mid: Tensor, dt
 def render_rays_two_pass(field: Field, background: nn.Module, origins: Tensor, dirs: Tensor, lights: Tensor | None,
                          generator: torch.Generator | None, occupancy: OccupancyGrid | None, opt: _Options) -> dict:
     """Render flat rays (R, 3) in two passes (module docstring); the outputs of ``renderer._render_rays``."""
-    n_rays, s = origins.shape[0], opt.num_samples
+    s = opt.num_samples
     near, far = ray_aabb(origins, dirs, opt.bound)
     t0, t1 = stratified_samples(near, far, s, generator, opt.perturb)
     t_mid, dt = 0.5 * (t0 + t1), t1 - t0
