@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl diffusers==0.42.1 importlib_metadata trimesh
+    -d .whl diffusers==0.42.1 importlib_metadata trimesh  # not imageio-ffmpeg (68 MB): the MP4 export fails there
 ls -la .whl

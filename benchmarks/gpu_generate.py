@@ -223,16 +223,21 @@ def generate(args) -> dict:
     warm = min(args.warm_steps, max(steps - 1, 0))
     steady = (step_ends[-1] - step_ends[warm - 1]) / (steps - warm) if warm > 0 else train_s / steps
     export = {}
-    if args.export:  # what `sdi generate` does after training (sdi.cli.generate.export), for this preset
-        from sdi.export.run_outputs import export_run
+    if args.export:  # what `sdi generate` does after training (sdi.export.run_outputs.export_run), one by one
+        from sdi.export import run_outputs
 
-        export_start = time.perf_counter()
-        try:
-            state, _ = run.restore_state(work / "run", preset, config.seed, device)
-            export["written"] = export_run(state.scene, work / "run", min(2 * preset.resolution, 256))
-        except Exception as error:  # noqa: BLE001 - reported: the device may lack ffmpeg or trimesh
-            export["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
-        export["seconds"] = time.perf_counter() - export_start
+        state, _ = run.restore_state(work / "run", preset, config.seed, device)
+        state.scene.field.eval()
+        size = min(2 * preset.resolution, 256)
+        for name, fn in (("turntable", lambda: run_outputs.export_turntable(state.scene, work / "run", size)),
+                         ("views", lambda: run_outputs.export_views(state.scene, work / "run", size)),
+                         ("mesh", lambda: run_outputs.export_mesh(state.scene, work / "run"))):
+            export_start = time.perf_counter()
+            try:
+                fn()
+                export[name] = {"seconds": time.perf_counter() - export_start}
+            except Exception as error:  # noqa: BLE001 - reported: the device machine lacks ffmpeg for the video
+                export[name] = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
     views = sum(r[3] for r in renders) or 1
     denoiser = holder["denoiser"]
     return {

@@ -307,3 +307,11 @@ def test_k_view_gradient_is_the_mean_of_the_one_view_gradients(sd_prior):
     for both, first, second in zip(pair, *singles):
         torch.testing.assert_close(both, (first + second) / 2, atol=1e-6, rtol=1e-4)
         assert both.abs().sum() > 0
+
+
+def test_sync_counter_leaves_tensor_as_it_found_it():
+    before = {name: name in vars(torch.Tensor) for name in ("__getitem__", "__bool__", "__index__", "item", "nonzero")}
+    with SyncCounter():
+        pass
+    assert {name: name in vars(torch.Tensor) for name in before} == before
+    assert torch.tensor([torch.tensor(1.0), torch.tensor(2.0)]).tolist() == [1.0, 2.0]  # 0-d tensors: no sequences

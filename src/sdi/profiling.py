@@ -1,6 +1,6 @@
 """Measuring a training step: host-device syncs (counted on any device) and stage times (CUDA events).
 
-``SyncCounter`` patches the Python entry points that make the host wait for a device value
+``SyncCounter`` watches (as a ``TorchFunctionMode``) the calls that make the host wait for a device value
 (``.item()``, ``.tolist()``, ``.cpu()``, ``.numpy()``, ``bool()`` / ``int()`` / ``float()`` of a tensor,
 ``nonzero``, boolean-mask indexing, ``unique``, ``masked_select``, ``repeat_interleave`` without
 ``output_size``) and counts them by call site, so a CPU test can bound the syncs a GPU step would make.
@@ -23,16 +23,31 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+from torch.overrides import TorchFunctionMode
 
-_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero",
-          "unique", "masked_select", "repeat_interleave")
-_TORCH_FUNCTIONS = ("nonzero", "unique", "masked_select", "repeat_interleave")
+_READS = frozenset({"item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero",
+                    "unique", "unique_consecutive", "masked_select", "argwhere"})
 _HERE = Path(__file__).resolve()
+_TORCH = Path(torch.__file__).resolve().parent
+_TORCH_PLUMBING = (_TORCH / "overrides.py", _TORCH / "_tensor.py", _TORCH / "utils" / "_device.py")
 
 
 def _is_bool_mask(index) -> bool:
     items = index if isinstance(index, tuple) else (index,)
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+
+
+def _kind(func, args, kwargs) -> str | None:
+    """The kind of host read ``func(*args, **kwargs)`` is, or None."""
+    name = getattr(func, "__name__", "")
+    if name in _READS:
+        return name
+    if name == "__getitem__" and len(args) > 1 and _is_bool_mask(args[1]):
+        return "bool-mask index"
+    if name == "repeat_interleave" and "output_size" not in (kwargs or {}) and len(args) > 1 \
+            and isinstance(args[1], torch.Tensor):
+        return name
+    return None
 
 
 def _short(path: Path) -> str:
@@ -45,17 +60,18 @@ def _short(path: Path) -> str:
 
 
 def _caller_site() -> str:
-    """``sdi/path.py:line (function)`` of the first frame outside this file."""
+    """``sdi/path.py:line (function)`` of the first frame outside this file and torch's dispatch plumbing."""
     frame = sys._getframe(2)
-    while frame is not None and Path(frame.f_code.co_filename).resolve() == _HERE:
+    while frame is not None and Path(frame.f_code.co_filename).resolve() in (_HERE, *_TORCH_PLUMBING):
         frame = frame.f_back
     if frame is None:
         return "?"
     return f"{_short(Path(frame.f_code.co_filename).resolve())}:{frame.f_lineno} ({frame.f_code.co_name})"
 
 
-class SyncCounter:
-    """Context manager counting host reads of tensor values by call site.
+class SyncCounter(TorchFunctionMode):
+    """Context manager counting host reads of tensor values by call site, as a ``TorchFunctionMode`` (it sees
+    every torch function and Tensor method called while it is active; nothing is patched).
 
     >>> with SyncCounter() as syncs:
     ...     step()
@@ -63,53 +79,20 @@ class SyncCounter:
     """
 
     def __init__(self):
+        super().__init__()
         self.by_site: Counter[str] = Counter()
         self.by_kind: Counter[str] = Counter()
-        self._saved: list[tuple[object, str, object]] = []
-        self._depth = 0
 
     @property
     def total(self) -> int:
         return sum(self.by_site.values())
 
-    def _record(self, kind: str) -> None:
-        self.by_kind[kind] += 1
-        self.by_site[_caller_site()] += 1
-
-    def _wrap(self, owner, name: str, kind: str, when=None):
-        real = getattr(owner, name)
-        counter = self
-
-        def wrapper(*args, **kwargs):
-            if counter._depth == 0 and (when is None or when(*args, **kwargs)):
-                counter._record(kind)
-            counter._depth += 1  # reads made inside another read (e.g. __bool__ -> item) count once
-            try:
-                return real(*args, **kwargs)
-            finally:
-                counter._depth -= 1
-
-        self._saved.append((owner, name, real))
-        setattr(owner, name, wrapper)
-
-    def __enter__(self) -> SyncCounter:
-        for name in _READS:
-            if name == "repeat_interleave":
-                self._wrap(torch.Tensor, name, name, when=lambda self_, *a, **k: "output_size" not in k)
-            else:
-                self._wrap(torch.Tensor, name, name)
-        for name in _TORCH_FUNCTIONS:
-            if name == "repeat_interleave":
-                self._wrap(torch, name, name, when=lambda *a, **k: "output_size" not in k and len(a) > 1)
-            else:
-                self._wrap(torch, name, name)
-        self._wrap(torch.Tensor, "__getitem__", "bool-mask index", when=lambda self_, index: _is_bool_mask(index))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for owner, name, real in reversed(self._saved):
-            setattr(owner, name, real)
-        self._saved.clear()
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kind = _kind(func, args, kwargs)
+        if kind is not None:
+            self.by_kind[kind] += 1
+            self.by_site[_caller_site()] += 1
+        return func(*args, **(kwargs or {}))
 
     def report(self) -> str:
         """One line per call site, most frequent first."""
