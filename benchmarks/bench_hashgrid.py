@@ -8,9 +8,10 @@ albedo, w.r.t. the parameters only (as in training with finite-difference normal
 - ``fused``: the custom backward that recomputes corners (``fused_hash_encode``), eager;
 - ``compiled``: ``fused`` under ``torch.compile(fullgraph=True, dynamic=True)`` (``compile_field``);
 - ``tcnn``: tinycudann's HashGrid (CUDA only, when it imports);
-- ``normals-autograd`` / ``normals-fd`` / ``normals-fd-compiled``: the normals of textureless shading and a loss on
-  them, forward + backward, per point: double backward through the autograd encoding, or central finite
-  differences (6 density evaluations) through the fused one, eager or compiled.
+- ``normals-autograd`` / ``normals-fd`` / ``normals-fd-compiled`` / ``normals-fd-forward``: the normals of
+  textureless shading and a loss on them, forward + backward, per point: double backward through the autograd
+  encoding, or central finite differences (6 density evaluations) through the fused one, eager or compiled, or
+  forward differences (3, plus the centre density, which a render has already) eager.
 
     python benchmarks/bench_hashgrid.py --points 1048576            # GPU
     python benchmarks/bench_hashgrid.py --tiny                      # CPU smoke run, small table
@@ -52,8 +53,10 @@ def make_field(variant: str, log2_table: int, device: torch.device, backend: str
 def pass_loss(variant: str, field: HashGridField, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The loss whose forward + backward one pass times: of the field's outputs, or of its normals."""
     if variant.startswith("normals-"):
-        method = "autograd" if variant == "normals-autograd" else "finite_difference"
-        return (field_normals(field, x, method) * weights[1:]).mean()
+        method = {"normals-autograd": "autograd", "normals-fd-forward": "forward_difference"}.get(variant,
+                                                                                              "finite_difference")
+        density = field.density(x) if method == "forward_difference" else None  # the renderer has it already
+        return (field_normals(field, x, method, density) * weights[1:]).mean()
     out = field(x)
     return (out.density * weights[0]).mean() + (out.albedo * weights[1:]).mean()
 
@@ -84,7 +87,8 @@ def main(argv=None) -> dict:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--log2-table", type=int, default=19)
     p.add_argument("--levels", type=int, default=16)
-    p.add_argument("--variants", default="autograd,fused,compiled,tcnn,normals-autograd,normals-fd,normals-fd-compiled")
+    p.add_argument("--variants", default="autograd,fused,compiled,tcnn,normals-autograd,normals-fd,normals-fd-compiled,"
+                                       "normals-fd-forward")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled variant")
     p.add_argument("--tiny", action="store_true",
                    help="16k points, 4 levels of T = 2^14, 1 timed pass, compiled with the 'eager' backend "

@@ -22,7 +22,7 @@ STAGES = ("render_forward", "vae_encode", "unet_inversion", "inversion_total", "
           "occupancy_update", "regularizers", "other")
 HASHGRID_FIELDS = ("variant", "points", "points_per_s", "s_per_pass", "error")
 HASHGRID_VARIANTS = ("autograd", "fused", "compiled", "tcnn", "normals-autograd", "normals-fd",
-                     "normals-fd-compiled")
+                     "normals-fd-compiled", "normals-fd-forward")
 ENVIRONMENT_FIELDS = ("gpu", "torch", "cuda", "python", "diffusers", "transformers", "cpu_threads")
 PARTS = ("hashgrid", "generate", "speed")
 

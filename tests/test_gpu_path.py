@@ -315,3 +315,22 @@ def test_sync_counter_leaves_tensor_as_it_found_it():
         pass
     assert {name: name in vars(torch.Tensor) for name in before} == before
     assert torch.tensor([torch.tensor(1.0), torch.tensor(2.0)]).tolist() == [1.0, 2.0]  # 0-d tensors: no sequences
+
+
+def test_forward_difference_normals_agree_with_central_ones_at_half_the_evaluations():
+    from sdi.scene.renderer import normals_finite_difference, normals_forward_difference
+
+    def ball(x):  # a smooth density, high inside radius 0.5
+        return 100 * torch.sigmoid((0.5 - x.norm(dim=-1)) * 20)
+
+    calls = []
+    counted = lambda x: calls.append(len(x)) or ball(x)  # noqa: E731
+    x = torch.nn.functional.normalize(torch.randn(200, 3), dim=-1) * 0.5
+    forward = normals_forward_difference(counted, x, ball(x))
+    central = normals_finite_difference(counted, x)
+    assert calls == [600, 1200]
+    assert (forward * central).sum(-1).min() > 0.999  # within 2.6 degrees
+    assert (forward * torch.nn.functional.normalize(x, dim=-1)).sum(-1).min() > 0.999  # the outward normal
+    cameras, lights = slab_rays()
+    out = render(Slab(), SolidBackground(), cameras, 48, "textureless", lights, normals="forward_difference")
+    assert out.sample_normals.shape == (out.n_shaded, 3)
