@@ -91,12 +91,13 @@ def main(argv=None) -> dict:
                                        "normals-fd-forward")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled variant")
     p.add_argument("--tiny", action="store_true",
-                   help="16k points, 4 levels of T = 2^14, 1 timed pass, compiled with the 'eager' backend "
-                        "(graph capture only: proves fullgraph=True traces)")
+                   help="4k points, 4 levels of T = 2^14, 1 timed pass, 5 variants, compiled with the 'eager' "
+                        "backend (graph capture only: proves fullgraph=True traces)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.tiny:
-        args.points, args.iters, args.log2_table, args.levels, args.compile_backend = 2**14, 1, 14, 4, "eager"
+        args.points, args.iters, args.log2_table, args.levels, args.compile_backend = 2**12, 1, 14, 4, "eager"
+        args.variants = "autograd,fused,compiled,tcnn,normals-fd-forward"
     device = torch.device(args.device)
     rows: list[dict] = []
     result = {"device": str(device), "threads": torch.get_num_threads(), "log2_table": args.log2_table,
