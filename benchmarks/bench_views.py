@@ -6,7 +6,8 @@ denoiser call per guidance step, their gradients averaged, ``--steps // K`` step
 the same number of images through the denoiser (``denoiser_images``; ``denoiser_calls`` counts the
 batched calls, halved at K = 2). Antithetic: the two views of a step are 180 degrees apart in azimuth.
 Scored against the ground truth at held-out cameras (``sdi.bench.evaluate``); runs.csv, report.md
-and plots go to ``--out``, as for ``sdi bench 3d``.
+and plots go to ``--out``, as for ``sdi bench 3d`` (the grid and job function: ``sdi.bench.suites.grid_views``,
+``job_views``).
 
     python benchmarks/bench_views.py --out out/bench-views                  # 6 objects x 2 seeds, 300 steps
     python benchmarks/bench_views.py --objects 1 --seeds 1 --steps 20 --resolution 32 --out /tmp/pilot
@@ -20,44 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-from sdi.bench.runner import Job, run_grid
-from sdi.bench.suites import METRICS, TITLES, check_objects, run_dir_of, write_suite_report
+from sdi.bench.runner import run_grid
+from sdi.bench.suites import VIEW_VARIANTS, grid_views, write_suite_report
 from sdi.scene.catalog import catalog_objects
-
-VARIANTS = {"k1": (1, False), "k2-uniform": (2, False), "k2-antithetic": (2, True)}
-"""Method name -> (views per step, antithetic)."""
-METRICS.setdefault("views", (*METRICS["3d"][:6], "denoiser_images", "denoiser_calls", "train_s"))
-TITLES.setdefault("views", "K views per step at an equal denoiser budget (embedded prior, CPU)")
-
-
-def grid_views(runs_dir: Path, objects, seeds: int, steps: int, resolution: int | None, variants=tuple(VARIANTS)):
-    """One job per variant x object x seed; every job gets the same one-view step budget ``steps``."""
-    check_objects(objects)
-    params = {"steps": steps, "runs_dir": str(Path(runs_dir).resolve())}
-    if resolution is not None:
-        params["resolution"] = resolution
-    return [Job("views", v, o, s, params) for o in objects for s in range(seeds) for v in variants]
-
-
-def job_views(job: Job) -> dict:
-    """``train_run`` of the fast preset with the job's views per step, then quality against the ground truth."""
-    from sdi.bench.evaluate import evaluate_run
-    from sdi.train.loop import TrainingDiverged
-    from sdi.train.run import RunConfig, peak_memory_mb, train_run
-
-    views, antithetic = VARIANTS[job.method]
-    p = job.params_dict
-    resolution = int(p["resolution"]) if "resolution" in p else None
-    config = RunConfig(job.prompt, "fast", "embedded", int(p["steps"]), job.seed, resolution,
-                       views_per_step=views, antithetic=antithetic)
-    try:
-        trained = train_run(run_dir_of(job), config, progress=False)
-    except TrainingDiverged:
-        return {"diverged": 1.0, "peak_memory_mb": peak_memory_mb()}
-    quality = evaluate_run(run_dir_of(job))
-    return {**quality, "train_s": trained["wall_time_s"], "denoiser_calls": float(trained["denoiser_calls"]),
-            "denoiser_images": float(trained["denoiser_calls"] * views), "steps": float(trained["steps"]),
-            "peak_memory_mb": peak_memory_mb()}
 
 
 def main(argv=None) -> int:
@@ -68,7 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--steps", type=int, default=300, help="one-view steps (K = 2 runs half as many steps)")
     p.add_argument("--resolution", type=int, default=None)
-    p.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--methods", nargs="+", default=list(VIEW_VARIANTS), choices=list(VIEW_VARIANTS))
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -77,7 +43,7 @@ def main(argv=None) -> int:
     jobs = grid_views(args.out / "runs", objects, args.seeds, args.steps, args.resolution, tuple(args.methods))
     command = shlex.join(["python", "benchmarks/bench_views.py", *(argv if argv is not None else sys.argv[1:])])
     start = time.perf_counter()
-    rows = run_grid(jobs, "bench_views:job_views", args.out, args.workers, None, args.resume, not args.quiet)
+    rows = run_grid(jobs, "sdi.bench.suites:job_views", args.out, args.workers, None, args.resume, not args.quiet)
     elapsed = time.perf_counter() - start
     path = write_suite_report("views", rows, args.out, command, elapsed, args.workers)
     failed = sum(r["status"] != "ok" for r in rows)

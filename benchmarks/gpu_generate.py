@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -161,6 +162,8 @@ def generate(args) -> dict:
     device = torch.device(args.device)
     timer = StageTimer(device)
     work = Path(args.work or tempfile.mkdtemp(prefix="sdi-gpu-check-"))
+    for scratch in ("sd", "run"):  # ours: a fresh model and run folder every time
+        shutil.rmtree(work / scratch, ignore_errors=True)
     start = time.perf_counter()
     folder = (tiny_sd.build_tiny_sd(work / "sd") if args.tiny else write_random_sd21(work / "sd", args.device))
     build_s = time.perf_counter() - start

@@ -7,6 +7,8 @@
 | ``ablations`` | Sec. 6.2: Eq. 8 error per t per kappa estimator (Fig. 9) and CFG pair (Fig. 10); | ``job_eq8``, |
 | | short 3D runs for CFG pairs, inversion steps (Fig. 11), t annealing, paper vs reference numbers | ``job_3d_rule`` |
 | ``sd`` | the paper's 43 prompts on Stable Diffusion, CLIP score and CLIP-IQA over 50 views (Table 1) | ``job_sd`` |
+| ``views`` | K = 1 vs K = 2 uniform vs K = 2 antithetic views per step at equal denoiser images | ``job_views`` |
+| | (``benchmarks/bench_views.py``; not an ``sdi bench`` suite) | |
 
 Every job function takes a ``Job`` and returns a flat dict of metrics (one row of ``runs.csv``). 3D jobs
 train into ``params["runs_dir"]/<job key>/`` (config.json + checkpoint, so ``sdi export`` works on them).
@@ -168,6 +170,45 @@ def job_3d(job: Job) -> dict:
         return {"diverged": 1.0, "peak_memory_mb": peak_memory_mb()}
     quality = evaluate_run(run_dir_of(job))
     return {**quality, "train_s": trained["wall_time_s"], "denoiser_calls": float(trained["denoiser_calls"]),
+            "peak_memory_mb": peak_memory_mb()}
+
+
+# ------------------------------------------------------------------------------------------------ views
+
+VIEW_VARIANTS = {"k1": (1, False), "k2-uniform": (2, False), "k2-antithetic": (2, True)}
+"""K-view steps (``benchmarks/bench_views.py``): method -> (views per step, antithetic)."""
+
+
+def grid_views(runs_dir: Path, objects, seeds: int = 2, steps: int = 300, resolution: int | None = None,
+               variants=tuple(VIEW_VARIANTS)) -> list[Job]:
+    """One job per K-view variant x object x seed; every job gets the same one-view step budget ``steps``."""
+    check_objects(objects)
+    check_names("views variant", variants, tuple(VIEW_VARIANTS))
+    params = {"steps": steps, "runs_dir": str(Path(runs_dir).resolve())}
+    if resolution is not None:
+        params["resolution"] = resolution
+    return [Job("views", v, o, s, params) for o in objects for s in range(seeds) for v in variants]
+
+
+def job_views(job: Job) -> dict:
+    """``train_run`` of the fast preset with the job's views per step (``steps // K`` steps, gradients averaged),
+    then quality against the ground truth; ``denoiser_images`` = batched calls x K, equal across variants."""
+    from sdi.bench.evaluate import evaluate_run
+    from sdi.train.loop import TrainingDiverged
+    from sdi.train.run import RunConfig, train_run
+
+    views, antithetic = VIEW_VARIANTS[job.method]
+    p = job.params_dict
+    resolution = int(p["resolution"]) if "resolution" in p else None
+    config = RunConfig(job.prompt, "fast", "embedded", int(p["steps"]), job.seed, resolution,
+                       views_per_step=views, antithetic=antithetic)
+    try:
+        trained = train_run(run_dir_of(job), config, progress=False)
+    except TrainingDiverged:
+        return {"diverged": 1.0, "peak_memory_mb": peak_memory_mb()}
+    quality = evaluate_run(run_dir_of(job))
+    return {**quality, "train_s": trained["wall_time_s"], "denoiser_calls": float(trained["denoiser_calls"]),
+            "denoiser_images": float(trained["denoiser_calls"] * views), "steps": float(trained["steps"]),
             "peak_memory_mb": peak_memory_mb()}
 
 
@@ -420,11 +461,14 @@ METRICS = {
     "3d": ("psnr", "ssim", "mask_iou", "detail_ratio", "masked_detail_ratio", "saturation_error", "train_s",
            "denoiser_calls", "peak_memory_mb"),
     "sd": ("clip_score", "iqa_quality", "iqa_sharpness", "iqa_real", "train_s", "denoiser_calls", "peak_memory_mb"),
+    "views": ("psnr", "ssim", "mask_iou", "detail_ratio", "masked_detail_ratio", "saturation_error", "denoiser_images",
+              "denoiser_calls", "train_s"),
 }
 TITLES = {"2d": "2D: score distillation vs the DDIM sample (closed-form prior over the built-in set)",
           "3d": "3D: score distillation on catalog objects vs ground truth (embedded prior, CPU)",
           "ablations": "Ablations (Sec. 6.2) on the catalog (embedded prior, CPU)",
-          "sd": "Stable Diffusion: the paper's prompts, CLIP score and CLIP-IQA (Table 1)"}
+          "sd": "Stable Diffusion: the paper's prompts, CLIP score and CLIP-IQA (Table 1)",
+          "views": "K views per step at an equal denoiser budget (embedded prior, CPU)"}
 
 
 def _mean(rows, group: str, metric: str) -> dict[str, float]:
