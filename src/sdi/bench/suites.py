@@ -147,23 +147,30 @@ def check_objects(objects) -> None:
 def grid_3d(runs_dir: Path, objects=OBJECTS_3D[:3], seeds: int = 2, steps: int = STEPS_3D, methods=tuple(METHODS_3D),
             resolution: int | None = None) -> list[Job]:
     """One job per method x object x seed; ``resolution`` overrides the presets' render size."""
-    check_objects(objects)
     check_names("3D method", methods, tuple(METHODS_3D))
+    return catalog_jobs("3d", runs_dir, objects, seeds, steps, resolution, methods)
+
+
+def catalog_jobs(suite: str, runs_dir: Path, objects, seeds: int, steps: int, resolution: int | None,
+                 methods) -> list[Job]:
+    """One ``suite`` job per method x catalog object x seed, training ``steps`` steps into ``runs_dir``."""
+    check_objects(objects)
     params = {"steps": steps, "runs_dir": str(Path(runs_dir).resolve())}
     if resolution is not None:
         params["resolution"] = resolution
-    return [Job("3d", m, o, s, params) for o in objects for s in range(seeds) for m in methods]
+    return [Job(suite, m, o, s, params) for o in objects for s in range(seeds) for m in methods]
 
 
-def job_3d(job: Job) -> dict:
-    """``train_run`` the method's preset into ``runs_dir/<key>``, then ``evaluate_run`` against the ground truth."""
+def train_and_score(job: Job, preset: str, **overrides) -> dict:
+    """``train_run`` the registered ``preset`` (with RunConfig ``overrides``) into ``runs_dir/<key>`` on the embedded
+    prior, then ``evaluate_run`` against the ground truth; a NaN loss is a diverged run, not a failed job."""
     from sdi.bench.evaluate import evaluate_run
     from sdi.train.loop import TrainingDiverged
     from sdi.train.run import RunConfig, train_run
 
     p = job.params_dict
     resolution = int(p["resolution"]) if "resolution" in p else None
-    config = RunConfig(job.prompt, METHODS_3D[job.method], "embedded", int(p["steps"]), job.seed, resolution)
+    config = RunConfig(job.prompt, preset, "embedded", int(p["steps"]), job.seed, resolution, **overrides)
     try:
         trained = train_run(run_dir_of(job), config, progress=False)
     except TrainingDiverged:  # NaN loss: a diverged run (Table 1's column), not a failed job
@@ -171,6 +178,11 @@ def job_3d(job: Job) -> dict:
     quality = evaluate_run(run_dir_of(job))
     return {**quality, "train_s": trained["wall_time_s"], "denoiser_calls": float(trained["denoiser_calls"]),
             "peak_memory_mb": peak_memory_mb()}
+
+
+def job_3d(job: Job) -> dict:
+    """``train_run`` the method's preset into ``runs_dir/<key>``, then ``evaluate_run`` against the ground truth."""
+    return train_and_score(job, METHODS_3D[job.method])
 
 
 # ------------------------------------------------------------------------------------------------ views
@@ -182,34 +194,16 @@ VIEW_VARIANTS = {"k1": (1, False), "k2-uniform": (2, False), "k2-antithetic": (2
 def grid_views(runs_dir: Path, objects, seeds: int = 2, steps: int = 300, resolution: int | None = None,
                variants=tuple(VIEW_VARIANTS)) -> list[Job]:
     """One job per K-view variant x object x seed; every job gets the same one-view step budget ``steps``."""
-    check_objects(objects)
     check_names("views variant", variants, tuple(VIEW_VARIANTS))
-    params = {"steps": steps, "runs_dir": str(Path(runs_dir).resolve())}
-    if resolution is not None:
-        params["resolution"] = resolution
-    return [Job("views", v, o, s, params) for o in objects for s in range(seeds) for v in variants]
+    return catalog_jobs("views", runs_dir, objects, seeds, steps, resolution, variants)
 
 
 def job_views(job: Job) -> dict:
-    """``train_run`` of the fast preset with the job's views per step (``steps // K`` steps, gradients averaged),
-    then quality against the ground truth; ``denoiser_images`` = batched calls x K, equal across variants."""
-    from sdi.bench.evaluate import evaluate_run
-    from sdi.train.loop import TrainingDiverged
-    from sdi.train.run import RunConfig, train_run
-
+    """The fast preset with the job's views per step (``steps // K`` steps, gradients averaged), scored as ``job_3d``;
+    ``denoiser_images`` = batched calls x K, equal across variants."""
     views, antithetic = VIEW_VARIANTS[job.method]
-    p = job.params_dict
-    resolution = int(p["resolution"]) if "resolution" in p else None
-    config = RunConfig(job.prompt, "fast", "embedded", int(p["steps"]), job.seed, resolution,
-                       views_per_step=views, antithetic=antithetic)
-    try:
-        trained = train_run(run_dir_of(job), config, progress=False)
-    except TrainingDiverged:
-        return {"diverged": 1.0, "peak_memory_mb": peak_memory_mb()}
-    quality = evaluate_run(run_dir_of(job))
-    return {**quality, "train_s": trained["wall_time_s"], "denoiser_calls": float(trained["denoiser_calls"]),
-            "denoiser_images": float(trained["denoiser_calls"] * views), "steps": float(trained["steps"]),
-            "peak_memory_mb": peak_memory_mb()}
+    out = train_and_score(job, "fast", views_per_step=views, antithetic=antithetic)
+    return {**out, "denoiser_images": out["denoiser_calls"] * views} if "denoiser_calls" in out else out
 
 
 # ------------------------------------------------------------------------------------------- ablations
