@@ -34,8 +34,8 @@ def sparsity_loss(out: RenderOutput) -> Tensor:
 def opacity_loss(out: RenderOutput, eps: float = 1e-5) -> Tensor:
     """Binary entropy of the opacity, -(o log o + (1 - o) log(1 - o)), pushing every pixel to
     be fully opaque or fully transparent (threestudio's lambda_opaque term)."""
-    o = out.opacity.clamp(eps, 1.0 - eps)  # F.binary_cross_entropy(o, o), without its range check: a host sync
-    return -(o * o.log() + (1.0 - o) * (1.0 - o).log()).mean()  # on CPU, a device assert on CUDA for a NaN
+    o = out.opacity.clamp(eps, 1.0 - eps)  # written out: F.binary_cross_entropy(o, o) checks its input's range,
+    return -(o * o.log() + (1.0 - o) * (1.0 - o).log()).mean()  # which raises on a NaN (a device assert on CUDA)
 
 
 def z_variance_loss(out: RenderOutput, min_opacity: float = 0.5) -> Tensor:
