@@ -88,7 +88,8 @@ def part_errors(out: Path) -> dict[str, dict]:
     for name, record in parts.items():
         rc = record["rc"]
         record["error"] = (None if rc == 0 else "not run" if rc is None else
-                           f"timed out (rc {rc})" if rc in (124, 137) else f"failed (rc {rc}): see {record['log']}")
+                           f"timed out (rc {rc})" if rc in (124, 137) else
+                           f"failed (rc {rc}): see {record['log']} in parts.tar.gz")
     return parts
 
 

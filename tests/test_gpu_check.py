@@ -46,6 +46,7 @@ def test_gpu_check_tiny_runs_on_the_cpu_and_measures_every_part(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--tiny", "--presets", PRESETS,
                            str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.md", "parts.tar.gz"]  # <= 8
     data = json.loads((tmp_path / "gpu_check.json").read_text())
     assert_every_field(data, PRESETS.split(","))
     assert data["tiny"] and all(p["rc"] == 0 for p in data["parts"].values()), data["parts"]
