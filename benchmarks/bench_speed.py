@@ -16,15 +16,24 @@ and back-propagate the rule's loss (``Update.loss``) through the encoder to the 
 UNet calls per step each SDI rule makes averaged over the whole 10k-step annealed schedule (from the rule's own
 schedule and inversion path), next to the authors' code's (their formulas, restated here: 8.625).
 
+``--presets NAMES`` takes the rules of named presets (``sdi.train.presets.get_preset``) instead of ``--rules``;
+with ``--scene`` an iteration is the preset's whole training step (``sdi.train.loop.training_step``: cameras,
+the preset's field and renderer at ``--render``, VAE, rule, regularizers, backward, Adam), so the 10k-step
+projection includes the renderer. ``--compare-compile`` runs every row eager, then with the UNet compiled, in
+one process; ``--json`` writes the rows.
+
     python benchmarks/bench_speed.py --device cuda --dtype bf16 --render 512 --iters 20
+    python benchmarks/bench_speed.py --presets sdi-paper,sdi-reference --scene --render 512 --compare-compile
     python benchmarks/bench_speed.py --tiny            # CPU, the tiny test model of tests/tiny_sd.py
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -193,6 +202,83 @@ def bench_rule(name: str, prior, resolution: int, args) -> dict:
     )
 
 
+def preset_for(name: str, args):
+    """The named preset with its steps set to the timed iterations (t anneals over them as over a full run)
+    and, for ``--scene``, rendering at ``--render`` (on the embedded prior's sizes when --tiny)."""
+    from sdi.train.presets import get_preset
+
+    preset = get_preset(name)
+    if args.tiny:  # a GPU preset's hash grid at CPU-test sizes
+        from sdi.scene.fields import HashGridFieldConfig
+
+        field = preset.radiance_field
+        if isinstance(field, HashGridFieldConfig):
+            field = replace(field, n_levels=4, log2_hashmap_size=12, hidden_dim=16)
+        preset = replace(preset, radiance_field=field, num_samples=32,
+                         render=replace(preset.render, occupancy_resolution=16))
+    return replace(preset, steps=max(args.iters, 1), resolution=args.render)
+
+
+def bench_preset(name: str, prior, resolution: int, args) -> dict:
+    """One row for preset ``name``: its rule alone (as ``bench_rule``), or with ``--scene`` its training step."""
+    if not args.scene:
+        RULES.setdefault(name, lambda: preset_for(name, args).rule())
+        return bench_rule(name, prior, resolution, args)
+    from sdi.train.loop import new_state, training_step
+
+    preset = preset_for(name, args)
+    counter, rule = CountingDenoiser(prior), preset.rule()
+    state = new_state(preset, seed=0, device=args.device)
+    for _ in range(args.warmup):
+        training_step(state, preset, rule, counter, PROMPT)
+    state.step = 0  # the timed iterations walk the whole t schedule
+    sync(args.device)
+    if torch.device(args.device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    counter.calls = counter.evaluations = 0
+    start = time.perf_counter()
+    for _ in range(args.iters):
+        training_step(state, preset, rule, counter, PROMPT)
+    sync(args.device)
+    seconds = (time.perf_counter() - start) / args.iters
+    return dict(rule=name, s_per_it=seconds, calls=counter.calls / args.iters, evals=counter.evaluations / args.iters,
+                peak_gb=peak_memory_bytes(args.device) / 2**30, min_10k=seconds * 10_000 / 60)
+
+
+def preset_rows(names: list[str], prior, resolution: int, args) -> list[dict]:
+    """One row per preset (eager, then compiled with --compare-compile); a preset that fails gives a row with
+    its error. With --json the file is rewritten after every row, so a run killed at its time limit keeps them."""
+    rows: list[dict] = []
+    modes = ["compiled" if args.compile else "eager"] + (["compiled"] if args.compare_compile and not args.compile
+                                                         else [])
+    for i, mode in enumerate(modes):
+        if i > 0 and torch.device(args.device).type != "cuda":
+            rows += [{"rule": n, "unet": mode, "error": "torch.compile of the UNet runs on CUDA only"} for n in names]
+            write_json(args, resolution, rows)
+            break
+        if i > 0:
+            compile_prior_unet(prior)
+        for name in names:
+            try:
+                rows.append({**bench_preset(name, prior, resolution, args), "unet": mode})
+            except Exception as error:  # noqa: BLE001 - one preset's failure (e.g. unknown name) is a row
+                rows.append({"rule": name, "unet": mode, "error": f"{type(error).__name__}: {error}"[:300]})
+            write_json(args, resolution, rows)
+    return rows
+
+
+def write_json(args, resolution: int, rows: list[dict]) -> None:
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+        Path(args.json).write_text(json.dumps({"settings": settings, "model_resolution": resolution, "rows": rows},
+                                              indent=1))
+
+
+def compile_prior_unet(prior) -> None:
+    """``torch.compile`` the prior's UNet in place (what StableDiffusionOptions.compile_unet does on CUDA)."""
+    prior.unet = torch.compile(prior.unet)
+
+
 def print_table(rows: list[dict], args, resolution: int) -> None:
     model = "tiny test model" if args.tiny else "SD 2.1-base architecture (random weights)"
     print(f"# {model}, {args.device} {args.dtype}, batch {args.batch}, render {args.render} -> {resolution}, "
@@ -203,7 +289,8 @@ def print_table(rows: list[dict], args, resolution: int) -> None:
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['rule']:<9} {r['s_per_it']:>9.4f} {r['calls']:>16.2f} {r['evals']:>16.2f} "
+        name = r["rule"] + (" (compiled UNet)" if r.get("unet") == "compiled" else "")
+        print(f"{name:<9} {r['s_per_it']:>9.4f} {r['calls']:>16.2f} {r['evals']:>16.2f} "
               f"{r['peak_gb']:>8.2f} {r['min_10k']:>16.1f}")  # fmt: skip
     print("(calls: batched UNet calls, cond + uncond in one; evals: branch x image evaluations; "
           "peak GB from torch.cuda.max_memory_allocated, 0 off CUDA)")  # fmt: skip
@@ -221,7 +308,13 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the UNet (CUDA only)")
     p.add_argument("--grad-checkpoint-vae", action="store_true")
     p.add_argument("--tiny", action="store_true", help="the tiny random model of tests/tiny_sd.py (runs on CPU)")
+    p.add_argument("--presets", default=None, help="comma-separated preset names: their rules instead of --rules")
+    p.add_argument("--scene", action="store_true", help="with --presets: time the whole training step (renderer too)")
+    p.add_argument("--compare-compile", action="store_true", help="every row eager, then with the UNet compiled")
+    p.add_argument("--json", default=None, help="write the rows (and the settings) to this file")
     args = p.parse_args(argv)
+    if args.scene and not args.presets:
+        p.error("--scene needs --presets (the scene, renderer and rule of a training preset)")
     if args.dtype is None:
         args.dtype = "bf16" if torch.device(args.device).type == "cuda" else "fp32"
     unknown = set(args.rules.split(",")) - set(RULES)
@@ -232,18 +325,23 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     prior, resolution = build_prior(args)
     args.render = args.render or resolution
-    rows = [bench_rule(name, prior, resolution, args) for name in args.rules.split(",")]
-    print_table(rows, args, resolution)
+    if args.presets:
+        rows = preset_rows(args.presets.split(","), prior, resolution, args)
+    else:
+        rows = [bench_rule(name, prior, resolution, args) for name in args.rules.split(",")]
+        write_json(args, resolution, rows)
+    print_table([r for r in rows if "error" not in r], args, resolution)
     per_step = {name: calls_over_schedule(name) for name in ("sdi", "sdi-paper")}
     print(f"UNet calls per step over the {SCHEDULE_STEPS}-step annealed schedule: sdi-reference {per_step['sdi']:.3f} "
           f"(the authors' code: {authors_calls_over_schedule():.3f}), sdi-paper {per_step['sdi-paper']:.3f}, sds 1")
     by_rule = {r["rule"]: r for r in rows}
     if {"sds", "sdi"} <= set(by_rule):
         print(f"sdi / sds time per iteration: {by_rule['sdi']['s_per_it'] / by_rule['sds']['s_per_it']:.2f}x")
+    return rows
 
 
 if __name__ == "__main__":

@@ -16,12 +16,11 @@ from sdi.scene.fields import (
     FieldOutput,
     GridField,
     GridFieldConfig,
-    HashGridEncoding,
     HashGridField,
     HashGridFieldConfig,
     SolidBackground,
-    hash_coords,
 )
+from sdi.scene.hashgrid import HashGridEncoding, hash_coords
 from sdi.scene.renderer import (
     OccupancyGrid,
     RenderOutput,
@@ -359,7 +358,8 @@ def test_render_accepts_cameras_and_convexity_of_rendered_sphere_is_small():
 
 
 def test_hash_grid_paper_config_falls_back_to_pure_pytorch_without_cuda():
-    from sdi.scene.fields import hash_grid_paper_config, level_resolutions
+    from sdi.scene.fields import hash_grid_paper_config
+    from sdi.scene.hashgrid import level_resolutions
 
     cfg = hash_grid_paper_config(log2_hashmap_size=12)
     assert (cfg.n_levels, cfg.n_features_per_level, cfg.base_resolution, cfg.use_tcnn) == (16, 2, 16, True)

@@ -7,6 +7,8 @@
 | ``ablations`` | Sec. 6.2: Eq. 8 error per t per kappa estimator (Fig. 9) and CFG pair (Fig. 10); | ``job_eq8``, |
 | | short 3D runs for CFG pairs, inversion steps (Fig. 11), t annealing, paper vs reference numbers | ``job_3d_rule`` |
 | ``sd`` | the paper's 43 prompts on Stable Diffusion, CLIP score and CLIP-IQA over 50 views (Table 1) | ``job_sd`` |
+| ``views`` | K = 1 vs K = 2 uniform vs K = 2 antithetic views per step at equal denoiser images | ``job_views`` |
+| | (``benchmarks/bench_views.py``; not an ``sdi bench`` suite) | |
 
 Every job function takes a ``Job`` and returns a flat dict of metrics (one row of ``runs.csv``). 3D jobs
 train into ``params["runs_dir"]/<job key>/`` (config.json + checkpoint, so ``sdi export`` works on them).
@@ -151,23 +153,30 @@ def check_objects(objects) -> None:
 def grid_3d(runs_dir: Path, objects=OBJECTS_3D[:3], seeds: int = 2, steps: int = STEPS_3D, methods=tuple(METHODS_3D),
             resolution: int | None = None) -> list[Job]:
     """One job per method x object x seed; ``resolution`` overrides the presets' render size."""
-    check_objects(objects)
     check_names("3D method", methods, tuple(METHODS_3D))
+    return catalog_jobs("3d", runs_dir, objects, seeds, steps, resolution, methods)
+
+
+def catalog_jobs(suite: str, runs_dir: Path, objects, seeds: int, steps: int, resolution: int | None,
+                 methods) -> list[Job]:
+    """One ``suite`` job per method x catalog object x seed, training ``steps`` steps into ``runs_dir``."""
+    check_objects(objects)
     params = {"steps": steps, "runs_dir": str(Path(runs_dir).resolve())}
     if resolution is not None:
         params["resolution"] = resolution
-    return [Job("3d", m, o, s, params) for o in objects for s in range(seeds) for m in methods]
+    return [Job(suite, m, o, s, params) for o in objects for s in range(seeds) for m in methods]
 
 
-def job_3d(job: Job) -> dict:
-    """``train_run`` the method's preset into ``runs_dir/<key>``, then ``evaluate_run`` against the ground truth."""
+def train_and_score(job: Job, preset: str, **overrides) -> dict:
+    """``train_run`` the registered ``preset`` (with RunConfig ``overrides``) into ``runs_dir/<key>`` on the embedded
+    prior, then ``evaluate_run`` against the ground truth; a NaN loss is a diverged run, not a failed job."""
     from sdi.bench.evaluate import evaluate_run
     from sdi.train.loop import TrainingDiverged
     from sdi.train.run import RunConfig, train_run
 
     p = job.params_dict
     resolution = int(p["resolution"]) if "resolution" in p else None
-    config = RunConfig(job.prompt, METHODS_3D[job.method], "embedded", int(p["steps"]), job.seed, resolution)
+    config = RunConfig(job.prompt, preset, "embedded", int(p["steps"]), job.seed, resolution, **overrides)
     try:
         trained = train_run(run_dir_of(job), config, progress=False, overwrite=True)  # a re-run replaces it
     except TrainingDiverged:  # NaN loss: a diverged run (Table 1's column), not a failed job
@@ -175,6 +184,32 @@ def job_3d(job: Job) -> dict:
     quality = evaluate_run(run_dir_of(job))
     return {**quality, "train_s": trained["wall_time_s"], "denoiser_calls": float(trained["denoiser_calls"]),
             "peak_memory_mb": peak_memory_mb()}
+
+
+def job_3d(job: Job) -> dict:
+    """``train_run`` the method's preset into ``runs_dir/<key>``, then ``evaluate_run`` against the ground truth."""
+    return train_and_score(job, METHODS_3D[job.method])
+
+
+# ------------------------------------------------------------------------------------------------ views
+
+VIEW_VARIANTS = {"k1": (1, False), "k2-uniform": (2, False), "k2-antithetic": (2, True)}
+"""K-view steps (``benchmarks/bench_views.py``): method -> (views per step, antithetic)."""
+
+
+def grid_views(runs_dir: Path, objects, seeds: int = 2, steps: int = 300, resolution: int | None = None,
+               variants=tuple(VIEW_VARIANTS)) -> list[Job]:
+    """One job per K-view variant x object x seed; every job gets the same one-view step budget ``steps``."""
+    check_names("views variant", variants, tuple(VIEW_VARIANTS))
+    return catalog_jobs("views", runs_dir, objects, seeds, steps, resolution, variants)
+
+
+def job_views(job: Job) -> dict:
+    """The fast preset with the job's views per step (``steps // K`` steps, gradients averaged), scored as ``job_3d``;
+    ``denoiser_images`` = batched calls x K, equal across variants."""
+    views, antithetic = VIEW_VARIANTS[job.method]
+    out = train_and_score(job, "fast", views_per_step=views, antithetic=antithetic)
+    return {**out, "denoiser_images": out["denoiser_calls"] * views} if "denoiser_calls" in out else out
 
 
 # ------------------------------------------------------------------------------------------- ablations
@@ -430,11 +465,14 @@ METRICS = {
     "3d": ("psnr", "ssim", "mask_iou", "detail_ratio", "masked_detail_ratio", "saturation_error", "train_s",
            "denoiser_calls", "peak_memory_mb"),
     "sd": ("clip_score", "iqa_quality", "iqa_sharpness", "iqa_real", "train_s", "denoiser_calls", "peak_memory_mb"),
+    "views": ("psnr", "ssim", "mask_iou", "detail_ratio", "masked_detail_ratio", "saturation_error", "denoiser_images",
+              "denoiser_calls", "train_s"),
 }
 TITLES = {"2d": "2D: score distillation vs the DDIM sample (closed-form prior over the built-in set)",
           "3d": "3D: score distillation on catalog objects vs ground truth (embedded prior, CPU)",
           "ablations": "Ablations (Sec. 6.2) on the catalog (embedded prior, CPU)",
-          "sd": "Stable Diffusion: the paper's prompts, CLIP score and CLIP-IQA (Table 1)"}
+          "sd": "Stable Diffusion: the paper's prompts, CLIP score and CLIP-IQA (Table 1)",
+          "views": "K views per step at an equal denoiser budget (embedded prior, CPU)"}
 
 
 def _mean(rows, group: str, metric: str) -> dict[str, float]:

@@ -31,6 +31,10 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
                              "(512 for SD 2.1-base), so 128/256/512 trade speed and VRAM for detail")
     parser.add_argument("--batch", type=at_least(RUN_MINIMUM["batch"]), default=None,
                         help="override the preset's views rendered per step")
+    parser.add_argument("--views-per-step", type=at_least(1), default=None, metavar="K",
+                        help="K views per step, gradients averaged, steps divided by K (same denoiser budget)")
+    parser.add_argument("--antithetic", action="store_true",
+                        help="with --views-per-step: draw the views in pairs 180 degrees apart in azimuth")
     parser.add_argument("--chunk", type=at_least(RUN_MINIMUM["chunk"]), default=None, metavar="RAYS",
                         help="render this many rays at a time (less transient memory; default: all at once)")
     parser.add_argument("--vae-checkpointing", dest="gradient_checkpointing_vae", default=None,
@@ -83,7 +87,8 @@ def config_from(args: argparse.Namespace, prompt: str, preset: str):
     from sdi.train.run import RunConfig
 
     return RunConfig(prompt, preset, args.prior, args.steps, args.seed, args.resolution, args.device,
-                     args.batch, args.chunk, args.gradient_checkpointing_vae, args.compile_unet)
+                     args.batch, args.chunk, args.gradient_checkpointing_vae, args.compile_unet,
+                     views_per_step=args.views_per_step, antithetic=args.antithetic)
 
 
 def resumed_config(args: argparse.Namespace):
@@ -95,7 +100,7 @@ def resumed_config(args: argparse.Namespace):
     config = with_device(read_config(args.resume), args.device)
     run_folder.check_resumable(args.resume)
     ignored = (args.prompt, args.preset, args.method, args.steps, args.resolution, args.batch, args.chunk,
-               args.gradient_checkpointing_vae, args.compile_unet)
+               args.gradient_checkpointing_vae, args.compile_unet, args.views_per_step, args.antithetic or None)
     if any(value is not None for value in ignored):
         print(f"note: --resume continues {args.resume}/config.json as it is; other arguments than --device "
               "are ignored", file=sys.stderr)

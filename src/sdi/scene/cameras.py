@@ -153,7 +153,8 @@ def held_out_cameras(n: int = 8, size: int = 64) -> Cameras:
 
 @dataclass(frozen=True)
 class CameraSampling:
-    """Uniform random cameras for distillation; ranges are the paper's reference (threestudio) config."""
+    """Uniform random cameras for distillation; ranges are the paper's reference (threestudio) config.
+    ``antithetic``: draw half the batch and pair each camera with its twin 180 degrees away in azimuth."""
 
     distance: tuple[float, float] = (1.5, 2.0)
     """Camera distance from the origin (lo, hi)."""
@@ -163,6 +164,9 @@ class CameraSampling:
     """Elevation above the xz plane in degrees (lo, hi)."""
     azimuth_deg: tuple[float, float] = (-180.0, 180.0)
     """Azimuth in degrees (lo, hi); 0 = front (+z), 90 = +x."""
+    antithetic: bool = False
+    """Antithetic pairs (MV-SDI): camera i + B/2 is camera i turned by 180 degrees in azimuth (same elevation,
+    distance, field of view), so each step sees both sides of the object; the batch must be even."""
 
     def __post_init__(self):
         for name in ("distance", "fovy_deg", "elevation_deg", "azimuth_deg"):
@@ -171,12 +175,21 @@ class CameraSampling:
                 raise ValueError(f"CameraSampling.{name} must be (lo, hi) with lo <= hi, got {(lo, hi)}")
 
     def sample(self, batch: int, size: int, generator: torch.Generator) -> Cameras:
-        """``batch`` square cameras with every parameter drawn uniformly from its range, on the generator's device."""
+        """``batch`` square cameras with every parameter drawn uniformly from its range, on the generator's device
+        (with ``antithetic``, half of them, and their twins)."""
+        if self.antithetic and batch % 2:
+            raise ValueError(f"antithetic camera sampling draws pairs: the batch must be even, got {batch}")
+        n = batch // 2 if self.antithetic else batch
 
         def uniform(bounds: tuple[float, float]) -> Tensor:
             lo, hi = bounds
-            return lo + (hi - lo) * torch.rand(batch, generator=generator, device=generator.device)
+            return lo + (hi - lo) * torch.rand(n, generator=generator, device=generator.device)
 
-        elevation, azimuth = uniform(self.elevation_deg), uniform(self.azimuth_deg)
-        return orbit_cameras(elevation, azimuth, uniform(self.distance), uniform(self.fovy_deg), size)
+        elevation, azimuth, distance, fovy = (uniform(r) for r in (self.elevation_deg, self.azimuth_deg,
+                                                                   self.distance, self.fovy_deg))
+        if self.antithetic:
+            twin = torch.remainder(azimuth + 360.0, 360.0) - 180.0  # azimuth + 180, back in [-180, 180)
+            elevation, azimuth, distance, fovy = (torch.cat(p) for p in ((elevation, elevation), (azimuth, twin),
+                                                                         (distance, distance), (fovy, fovy)))
+        return orbit_cameras(elevation, azimuth, distance, fovy, size)
 

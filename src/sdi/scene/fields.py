@@ -37,12 +37,15 @@ The pure-PyTorch hash grid (:class:`HashGridField`) is 20-50x slower on CPU and 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from sdi.scene.hashgrid import HashGridEncoding
 
 # --------------------------------------------------------------------------------------------
 # Shared pieces
@@ -177,10 +180,6 @@ class GridField(nn.Module):
 # Multiresolution hash grid (Instant-NGP)
 # --------------------------------------------------------------------------------------------
 
-# Instant-NGP's spatial hash primes (the first one is 1 so that level 0 behaves like a dense grid).
-_PRIMES = (1, 2654435761, 805459861)
-
-
 @dataclass(frozen=True)
 class HashGridFieldConfig:
     """Instant-NGP hash encoding + small MLP. Defaults are a CPU-sized version of the paper's
@@ -214,67 +213,34 @@ def hash_grid_paper_config(**overrides) -> HashGridFieldConfig:
     return HashGridFieldConfig(**{**base, **overrides})
 
 
-def level_resolutions(cfg: HashGridFieldConfig) -> list[int]:
-    """Grid resolution N_l = floor(base * b^l) of each level (Instant-NGP Eq. 2-3)."""
-    return [int(math.floor(cfg.base_resolution * cfg.per_level_scale**lvl)) for lvl in range(cfg.n_levels)]
+class TcnnFallbackWarning(UserWarning):
+    """A hash grid asked for tinycudann (``use_tcnn``) runs on the pure-PyTorch encoding instead."""
 
 
-def hash_coords(corners: Tensor, table_size: int) -> Tensor:
-    """Integer corners (..., 3) -> table indices (...,): XOR of coordinate x prime, mod T
-    (Instant-NGP Eq. 4; T is a power of two so mod is a bit mask)."""
-    h = corners[..., 0] * _PRIMES[0]
-    h = torch.bitwise_xor(h, corners[..., 1] * _PRIMES[1])
-    h = torch.bitwise_xor(h, corners[..., 2] * _PRIMES[2])
-    return h & (table_size - 1)
+_said_tcnn_fallback = False
 
 
-def _corner_indices(corners: Tensor, res: int, table_size: int) -> Tensor:
-    """Dense (one-to-one) indexing when the level fits in the table, else the spatial hash."""
-    if (res + 1) ** 3 <= table_size:
-        return (corners[..., 0] * (res + 1) + corners[..., 1]) * (res + 1) + corners[..., 2]
-    return hash_coords(corners, table_size)
-
-
-_CORNERS = torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)])  # (8, 3)
-
-
-def hash_encode_level(x01: Tensor, table: Tensor, res: int) -> Tensor:
-    """One level: points in [0, 1]^3 (N, 3), table (T, F) -> (N, F) trilinear blend of the 8 corners."""
-    pos = x01 * res
-    lo = pos.floor().clamp(0, res - 1)
-    frac = pos - lo  # (N, 3)
-    corners = lo.long()[:, None, :] + _CORNERS.to(x01.device)  # (N, 8, 3)
-    idx = _corner_indices(corners, res, table.shape[0])  # (N, 8)
-    bits = _CORNERS.to(x01.device).bool()
-    w = torch.where(bits, frac[:, None, :], 1.0 - frac[:, None, :]).prod(-1)  # (N, 8)
-    return (table[idx] * w[..., None]).sum(1)
-
-
-class HashGridEncoding(nn.Module):
-    """Multiresolution hash encoding (Instant-NGP), pure PyTorch: (N, 3) in [0, 1]^3 -> (N, L * F)."""
-
-    def __init__(self, cfg: HashGridFieldConfig):
-        super().__init__()
-        self.resolutions = level_resolutions(cfg)
-        self.table_size = 2**cfg.log2_hashmap_size
-        shape = (cfg.n_levels, self.table_size, cfg.n_features_per_level)
-        # Instant-NGP initialises the tables with U(-1e-4, 1e-4).
-        self.tables = nn.Parameter(torch.empty(shape).uniform_(-1e-4, 1e-4))
-        self.out_dim = cfg.n_levels * cfg.n_features_per_level
-
-    def forward(self, x01: Tensor) -> Tensor:
-        """(N, 3) points in [0, 1]^3 -> (N, L * F) concatenated level features."""
-        feats = [hash_encode_level(x01, self.tables[lvl], res) for lvl, res in enumerate(self.resolutions)]
-        return torch.cat(feats, dim=-1)
+def _fall_back_from_tcnn(reason: str) -> None:
+    """Say once per process, clearly, that ``use_tcnn`` is not honoured and why."""
+    global _said_tcnn_fallback
+    if not _said_tcnn_fallback:
+        _said_tcnn_fallback = True
+        warnings.warn(f"hash grid: use_tcnn=True (the sdi-paper / sdi-reference presets) but {reason}; using the "
+                      "pure-PyTorch hash encoding instead (same function, several times slower on a GPU). "
+                      "Install tinycudann on a CUDA machine for the fused kernels.", TcnnFallbackWarning, stacklevel=3)
 
 
 def _tcnn_encoding(cfg: HashGridFieldConfig) -> nn.Module | None:
-    """tinycudann HashGrid when asked for, importable and on a CUDA machine; else None."""
-    if not (cfg.use_tcnn and torch.cuda.is_available()):
+    """tinycudann HashGrid when asked for, importable and on a CUDA machine; else None (said once)."""
+    if not cfg.use_tcnn:
+        return None
+    if not torch.cuda.is_available():
+        _fall_back_from_tcnn("this machine has no CUDA device")
         return None
     try:
         import tinycudann as tcnn  # noqa: PLC0415 - optional, never imported at module load
-    except ImportError:
+    except ImportError as error:
+        _fall_back_from_tcnn(f"tinycudann does not import ({error})")
         return None
     enc_cfg = {
         "otype": "HashGrid",

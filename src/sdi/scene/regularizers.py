@@ -34,8 +34,8 @@ def sparsity_loss(out: RenderOutput) -> Tensor:
 def opacity_loss(out: RenderOutput, eps: float = 1e-5) -> Tensor:
     """Binary entropy of the opacity, -(o log o + (1 - o) log(1 - o)), pushing every pixel to
     be fully opaque or fully transparent (threestudio's lambda_opaque term)."""
-    o = out.opacity.clamp(eps, 1.0 - eps)
-    return F.binary_cross_entropy(o, o)
+    o = out.opacity.clamp(eps, 1.0 - eps)  # written out: F.binary_cross_entropy(o, o) checks its input's range,
+    return -(o * o.log() + (1.0 - o) * (1.0 - o).log()).mean()  # which raises on a NaN (a device assert on CUDA)
 
 
 def z_variance_loss(out: RenderOutput, min_opacity: float = 0.5) -> Tensor:
@@ -45,10 +45,8 @@ def z_variance_loss(out: RenderOutput, min_opacity: float = 0.5) -> Tensor:
     opacity = out.weights.sum(-1, keepdim=True)
     z = (out.weights * out.t_mids).sum(-1, keepdim=True) / opacity.clamp(min=1e-6)
     var = (out.weights * (out.t_mids - z).square()).sum(-1)  # (B, H, W)
-    mask = opacity[..., 0] > min_opacity
-    if not mask.any():
-        return var.sum() * 0.0
-    return var[mask].mean()
+    mask = (opacity[..., 0] > min_opacity).to(var.dtype)  # a masked mean without packing: no host sync
+    return (var * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def image_axes(directions: Tensor) -> tuple[Tensor, Tensor]:

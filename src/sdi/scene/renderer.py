@@ -38,6 +38,9 @@ from torch import Tensor, nn
 from sdi.scene.fields import FieldOutput
 
 Shading = Literal["albedo", "lambertian", "textureless"]
+SHADING_MODES: tuple[Shading, ...] = ("albedo", "lambertian", "textureless")
+"""The order of the weights of a shading mix (see ``shade``)."""
+Strategy = Literal["single_pass", "two_pass"]
 
 
 class Field(Protocol):
@@ -188,13 +191,22 @@ def normals_finite_difference(density_fn, points: Tensor, eps: float = 1e-2) -> 
     return -F.normalize(grad, dim=-1)
 
 
-NormalsMethod = Literal["auto", "field", "autograd", "finite_difference"]
+def normals_forward_difference(density_fn, points: Tensor, density: Tensor, eps: float = 1e-2) -> Tensor:
+    """(N, 3) -> (N, 3) normals from forward differences of the density, given its value ``density`` (N,) at
+    the points: 3 extra density evaluations (half of central differences, first-order accurate)."""
+    offsets = torch.eye(3, device=points.device, dtype=points.dtype) * eps
+    d = density_fn((points[:, None] + offsets).view(-1, 3)).view(-1, 3)
+    return -F.normalize((d - density[:, None]) / eps, dim=-1)
 
 
-def field_normals(field: Field, points: Tensor, method: NormalsMethod = "auto") -> Tensor:
+NormalsMethod = Literal["auto", "field", "autograd", "finite_difference", "forward_difference"]
+
+
+def field_normals(field: Field, points: Tensor, method: NormalsMethod = "auto", density: Tensor | None = None) -> Tensor:
     """(N, 3) -> (N, 3) unit normals by ``method``: "field" calls ``field.normals`` (GridField's
-    interpolated gradient grid), "autograd" / "finite_difference" differentiate ``field.density``;
-    "auto" is "field" when the field has a ``normals`` method, else "autograd"."""
+    interpolated gradient grid), "autograd" / "finite_difference" (central) / "forward_difference" (needs
+    ``density`` (N,) at the points) differentiate ``field.density``; "auto" is "field" when the field has a
+    ``normals`` method, else "autograd"."""
     if method == "auto":
         method = "field" if hasattr(field, "normals") else "autograd"
     if method == "field":
@@ -203,7 +215,12 @@ def field_normals(field: Field, points: Tensor, method: NormalsMethod = "auto") 
         return normals_autograd(field.density, points)
     if method == "finite_difference":
         return normals_finite_difference(field.density, points)
-    raise ValueError(f"unknown normals method {method!r}; use 'auto', 'field', 'autograd' or 'finite_difference'")
+    if method == "forward_difference":
+        if density is None:
+            raise ValueError("forward_difference normals need the density at the points")
+        return normals_forward_difference(field.density, points, density)
+    raise ValueError(f"unknown normals method {method!r}; use 'auto', 'field', 'autograd', 'finite_difference' "
+                     "or 'forward_difference'")
 
 
 def shade(
@@ -211,13 +228,18 @@ def shade(
     normals: Tensor | None,
     points: Tensor,
     light_positions: Tensor | None,
-    shading: Shading,
+    shading: Shading | Tensor,
     ambient: float = 0.1,
     diffuse: float = 0.9,
 ) -> Tensor:
     """Per-sample colour (N, 3) (DreamFusion Sec. 3.1): "albedo" returns albedo;
     "lambertian" albedo * (ambient + diffuse * max(0, n . l)), l = normalize(light - x);
-    "textureless" the same lighting on a white albedo. light_positions is (N, 3) per sample."""
+    "textureless" the same lighting on a white albedo. light_positions is (N, 3) per sample.
+    ``shading`` may also be a (3,) tensor of weights over SHADING_MODES: one-hot weights drawn on the
+    device pick a mode without the host knowing which (bit-identical to passing its name)."""
+    if isinstance(shading, Tensor):
+        lit = shade(albedo, normals, points, light_positions, "textureless", ambient, diffuse)
+        return shading[0] * albedo + shading[1] * (albedo * lit) + shading[2] * lit
     if shading == "albedo":
         return albedo
     if shading not in ("lambertian", "textureless"):
@@ -261,17 +283,25 @@ class RenderOutput:
     sample_normals: Tensor | None
     """(K, 3) unit normal of each shaded sample (None when rendered without normals)."""
     n_evaluated: int = 0
-    """Points at which the field was evaluated (density pass; measures empty-space skipping)."""
+    """Points at which the field was evaluated (density passes; measures empty-space skipping)."""
+    n_with_grad: int = 0
+    """Of those, points evaluated with gradients (all of them in a single pass)."""
+    n_shaded: int = 0
+    """Samples shaded (albedo, normals, colour): K."""
 
 
 @dataclass(frozen=True)
 class _Options:
     num_samples: int
-    shading: Shading
+    shading: Shading | Tensor
     normals: NormalsMethod | None
     bound: float
     perturb: bool
     min_weight: float
+    strategy: Strategy = "single_pass"
+    early_stop: float = 1e-4
+    segments: int = 4
+    min_alpha: float = 0.0
 
 
 def _as_rays(cameras_or_rays) -> tuple[Tensor, Tensor]:
@@ -286,14 +316,20 @@ def _as_rays(cameras_or_rays) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def _candidates(origins: Tensor, dirs: Tensor, t_mid: Tensor, hit: Tensor, occupancy: OccupancyGrid | None) -> Tensor:
-    """Flat indices (K,) into the (R, S) samples worth evaluating: on rays hitting the box and,
-    with an occupancy grid, inside occupied cells."""
+def _candidate_mask(origins: Tensor, dirs: Tensor, t_mid: Tensor, hit: Tensor,
+                    occupancy: OccupancyGrid | None) -> Tensor:
+    """(R, S) bool: the samples worth evaluating, on rays hitting the box and, with an occupancy grid,
+    inside occupied cells."""
     keep = hit[:, None].expand_as(t_mid)
     if occupancy is not None:
         pts = origins[:, None] + dirs[:, None] * t_mid[..., None]
         keep = keep & occupancy.occupied(pts.view(-1, 3)).view(t_mid.shape)
-    return keep.reshape(-1).nonzero().squeeze(1)
+    return keep
+
+
+def _candidates(origins: Tensor, dirs: Tensor, t_mid: Tensor, hit: Tensor, occupancy: OccupancyGrid | None) -> Tensor:
+    """Flat indices (K,) into the (R, S) samples of ``_candidate_mask``."""
+    return _candidate_mask(origins, dirs, t_mid, hit, occupancy).reshape(-1).nonzero().squeeze(1)
 
 
 def _composite(values: Tensor, weights: Tensor, rays: Tensor, n_rays: int) -> Tensor:
@@ -308,25 +344,36 @@ def _render_rays(field: Field, background: nn.Module, origins: Tensor, dirs: Ten
     n_rays, s = origins.shape[0], opt.num_samples
     near, far = ray_aabb(origins, dirs, opt.bound)
     t0, t1 = stratified_samples(near, far, s, generator, opt.perturb)
+    idx = _candidates(origins, dirs, 0.5 * (t0 + t1), far > near, occupancy)
+    return _render_samples(field, background, origins, dirs, lights, t0, t1, idx, t0.new_zeros(n_rays * s), opt)
+
+
+def _render_samples(field: Field, background: nn.Module, origins: Tensor, dirs: Tensor, lights: Tensor | None,
+                    t0: Tensor, t1: Tensor, idx: Tensor, other_sigmas: Tensor, opt: _Options) -> dict:
+    """Evaluate the field with gradients at the samples ``idx`` (K,) (flat indices into the (R, S)
+    intervals t0, t1); every other sample keeps its density from ``other_sigmas`` (R S,), a constant.
+    Weights from all densities; albedo, normals and shading only where w > min_weight."""
+    n_rays, s = t0.shape
     t_mid = 0.5 * (t0 + t1)
-    idx = _candidates(origins, dirs, t_mid, far > near, occupancy)
     ray = idx // s
     pts = origins[ray] + dirs[ray] * t_mid.reshape(-1)[idx, None]
     out = field(pts)
-    sigmas = t_mid.new_zeros(n_rays * s).index_put((idx,), out.density).view(n_rays, s)
+    sigmas = other_sigmas.index_put((idx,), out.density).view(n_rays, s)
     w, _, _ = render_weights(t0, t1, sigmas)
     w_k = w.reshape(-1)[idx]
     vis = (w_k.detach() > opt.min_weight).nonzero().squeeze(1)
     ray_v, pts_v, w_v = ray[vis], pts[vis], w_k[vis]
     nrm = None
     if opt.normals is not None:
-        nrm = field_normals(field, pts_v, opt.normals)
+        centre = out.density[vis] if opt.normals == "forward_difference" else None
+        nrm = field_normals(field, pts_v, opt.normals, centre)
     light_v = None if lights is None else lights[ray_v]
     color = shade(out.albedo[vis], nrm, pts_v, light_v, opt.shading)
     opacity = w.sum(-1, keepdim=True)
     rgb = _composite(color, w_v, ray_v, n_rays) + (1.0 - opacity) * background(dirs)
     res = dict(rgb=rgb, opacity=opacity, depth=(w * t_mid).sum(-1, keepdim=True), weights=w, t_mids=t_mid,
-               ray_indices=ray_v, sample_weights=w_v, n_evaluated=int(idx.numel()))
+               ray_indices=ray_v, sample_weights=w_v, n_evaluated=int(idx.numel()), n_with_grad=int(idx.numel()),
+               n_shaded=int(vis.numel()))
     if nrm is not None:
         res.update(normals=_composite(nrm, w_v, ray_v, n_rays), sample_normals=nrm)
     return res
@@ -337,7 +384,7 @@ def render(
     background: nn.Module,
     cameras_or_rays,
     num_samples: int = 48,
-    shading: Shading = "albedo",
+    shading: Shading | Tensor = "albedo",
     light_positions: Tensor | None = None,
     generator: torch.Generator | None = None,
     occupancy: OccupancyGrid | None = None,
@@ -346,12 +393,20 @@ def render(
     bound: float = 1.0,
     perturb: bool = True,
     min_weight: float = 1e-4,
+    strategy: Strategy = "single_pass",
+    early_stop: float = 1e-4,
+    segments: int = 4,
+    min_alpha: float = 0.0,
 ) -> RenderOutput:
     """Volume-render B views: ``cameras_or_rays`` is a Cameras (``.rays()``) or (origins, dirs)
     each (B, H, W, 3); ``light_positions`` (B, 3) is one point light per view for lambertian /
-    textureless shading. ``normals=None`` skips normals (no normal map, no normal losses).
-    ``chunk`` rays at a time bounds memory (all chunks stay in the autograd graph).
-    Albedo, normals and shading are computed only where w_i > ``min_weight``."""
+    textureless shading (``shading``: a mode, or a tensor mix as in ``shade``). ``normals=None`` skips
+    normals (no normal map, no normal losses). ``chunk`` rays at a time bounds memory (all chunks stay
+    in the autograd graph). Albedo, normals and shading are computed only where w_i > ``min_weight``.
+    ``strategy``: "single_pass" evaluates every candidate sample with gradients; "two_pass"
+    (``sdi.scene.marching``) finds the densities without gradients first, marching ``segments`` blocks of
+    samples front to back and stopping rays whose transmittance fell below ``early_stop``, then
+    re-evaluates with gradients only the samples before that point with alpha > ``min_alpha``."""
     origins, dirs = _as_rays(cameras_or_rays)
     b, h, w, _ = origins.shape
     lights = None
@@ -360,14 +415,19 @@ def render(
             got = tuple(light_positions.shape)
             raise ValueError(f"light_positions must be (B, 3) = ({b}, 3), one light per view; got {got}")
         lights = light_positions[:, None, None, :].expand(b, h, w, 3).reshape(-1, 3)
-    opt = _Options(num_samples, shading, normals, bound, perturb, min_weight)
+    opt = _Options(num_samples, shading, normals, bound, perturb, min_weight, strategy, early_stop, segments, min_alpha)
+    render_rays = _render_rays
+    if strategy == "two_pass":
+        from sdi.scene.marching import render_rays_two_pass as render_rays
+    elif strategy != "single_pass":
+        raise ValueError(f"unknown render strategy {strategy!r}; use 'single_pass' or 'two_pass'")
     flat_o, flat_d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
     step = chunk or flat_o.shape[0]
     parts = []
     for s in range(0, flat_o.shape[0], step):
         sl = slice(s, s + step)
         lp = None if lights is None else lights[sl]
-        part = _render_rays(field, background, flat_o[sl], flat_d[sl], lp, generator, occupancy, opt)
+        part = render_rays(field, background, flat_o[sl], flat_d[sl], lp, generator, occupancy, opt)
         part["ray_indices"] = part["ray_indices"] + s
         parts.append(part)
     return _assemble(parts, b, h, w, dirs)
@@ -394,4 +454,6 @@ def _assemble(parts: list[dict], b: int, h: int, w: int, dirs: Tensor) -> Render
         sample_weights=cat("sample_weights"),
         sample_normals=cat("sample_normals"),
         n_evaluated=sum(p["n_evaluated"] for p in parts),
+        n_with_grad=sum(p["n_with_grad"] for p in parts),
+        n_shaded=sum(p["n_shaded"] for p in parts),
     )

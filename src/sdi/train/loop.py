@@ -3,7 +3,8 @@
 ``train`` is a generator the caller drives (progress bars, checkpoints, stopping are the caller's).
 All randomness comes from one ``torch.Generator``, so a run is deterministic on the CPU and a
 resumed run continues exactly where the killed one stopped. The scene, the generator and every
-tensor of a step live on one device: the prior's.
+tensor of a step live on one device: the prior's. A step reads no loss value back to the host: the
+losses stay on the device (``StepInfo``) and ``train`` checks them for NaN every ``SYNC_EVERY`` steps.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from sdi.distill.rule import Rule, distill_step
+from sdi.distill.rule import Rule, Update, distill_step
 from sdi.diffusion.denoiser import Denoiser, encode
 from sdi.diffusion.noise_sampler import generator_noise
 from sdi.scene.fields import GridField, GridFieldConfig, HashGridField, SolidBackground
@@ -27,8 +28,12 @@ from sdi.scene.regularizers import (
     sparsity_loss,
     z_variance_loss,
 )
-from sdi.scene.renderer import OccupancyGrid, RenderOutput, render
+from sdi.scene.compiled import compile_field
+from sdi.scene.renderer import SHADING_MODES, OccupancyGrid, RenderOutput, render
 from sdi.train.presets import Preset
+
+SYNC_EVERY = 10
+"""Steps between host reads of the loss (NaN check here, progress bar in ``sdi.train.run``); and at checkpoints."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -55,9 +60,12 @@ class Scene:
 def build_scene(preset: Preset, device: torch.device | str = "cpu") -> Scene:
     """A fresh scene for ``preset`` on ``device`` (parameters drawn on the CPU from torch's default generator,
     so they do not depend on the device: seed it first)."""
-    cfg = preset.radiance_field
-    field_module = GridField(cfg) if isinstance(cfg, GridFieldConfig) else HashGridField(cfg)
-    return Scene(field_module.to(device), SolidBackground().to(device), OccupancyGrid().to(device))
+    cfg, options = preset.radiance_field, preset.render
+    field_module = (GridField(cfg) if isinstance(cfg, GridFieldConfig) else HashGridField(cfg)).to(device)
+    if options.compile_field and torch.device(device).type == "cuda":
+        compile_field(field_module)
+    occupancy = OccupancyGrid(resolution=options.occupancy_resolution).to(device)
+    return Scene(field_module, SolidBackground().to(device), occupancy)
 
 
 @dataclass
@@ -82,23 +90,38 @@ def new_state(preset: Preset, seed: int, device: torch.device | str = "cpu") -> 
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What one step did, for progress bars and metrics."""
+    """What one step did, for progress bars and metrics. The losses stay where they were computed: reading
+    ``loss``, ``distill`` or ``regularizers`` copies them to the host (a sync on a GPU), so read them now and then."""
 
     step: int
-    loss: float
-    distill: float
     t: int
-    regularizers: dict[str, float]
+    losses: dict[str, Tensor]
+    """Detached 0-dim losses: "loss" (the total), "distill", then each regularizer with a non-zero weight."""
+
+    @property
+    def loss(self) -> float:
+        return self.losses["loss"].item()
+
+    @property
+    def distill(self) -> float:
+        return self.losses["distill"].item()
+
+    @property
+    def regularizers(self) -> dict[str, float]:
+        return {k: v.item() for k, v in self.losses.items() if k not in ("loss", "distill")}
 
 
-def sample_shading(preset: Preset, generator: torch.Generator) -> str:
-    """DreamFusion's random choice among albedo / lambertian / textureless."""
-    u, total = torch.rand((), generator=generator, device=generator.device).item(), 0.0
-    for mode, probability in preset.shading:
-        total += probability
-        if u < total:
-            return mode
-    return preset.shading[-1][0]
+def sample_shading(preset: Preset, generator: torch.Generator) -> str | Tensor:
+    """DreamFusion's random choice among albedo / lambertian / textureless. A preset with one mode gets its
+    name; else one-hot weights (3,) over ``SHADING_MODES``, drawn on the generator's device (no sync, no copy)."""
+    u = torch.rand((), generator=generator, device=generator.device)
+    if len(preset.shading) == 1:
+        return preset.shading[0][0]
+    weights, total = dict.fromkeys(SHADING_MODES, torch.zeros_like(u)), 0.0
+    for i, (mode, probability) in enumerate(preset.shading):  # the first mode whose cumulative probability > u
+        below, total = total, total + probability if i < len(preset.shading) - 1 else math.inf
+        weights[mode] = weights[mode] + ((u >= below) & (u < total)).to(u.dtype)
+    return torch.stack([weights[m] for m in SHADING_MODES])
 
 
 def sample_lights(cameras, generator: torch.Generator) -> Tensor:
@@ -120,30 +143,63 @@ def regularizers(out: RenderOutput, preset: Preset, progress: float) -> dict[str
     return {name: weight * loss() for name, (weight, loss) in terms.items() if weight > 0}
 
 
+def views_loss(preset: Preset, latent: Tensor, update: Update) -> Tensor:
+    """The step's distillation loss: the rule's term of the one loss convention (``Update.loss``, the authors'
+    batch loss ``distillation_loss`` times the rule's weight), or with ``preset.average_views`` the mean of the B
+    one-view losses, whose gradient is the mean of the one-view gradients (K-view steps)."""
+    loss = update.loss(latent)
+    return loss * len(latent) if preset.average_views else loss
+
+
 def training_step(state: TrainState, preset: Preset, rule: Rule, denoiser: Denoiser, prompt: str) -> StepInfo:
     """One step: cameras -> render -> Eq. 10 update of the encoded render -> regularizers -> Adam."""
     g, scene, progress = state.generator, state.scene, state.step / max(preset.steps - 1, 1)
     scene.occupancy.update(state.step, scene.field.density, g)
     cameras = preset.cameras.sample(preset.batch, preset.resolution, g)
     shading = sample_shading(preset, g)
-    lights = sample_lights(cameras, g) if shading != "albedo" else None
+    lights = None if isinstance(shading, str) and shading == "albedo" else sample_lights(cameras, g)
     out = render(scene.field, scene.background, cameras, preset.num_samples, shading, lights, g, scene.occupancy,
-                 chunk=preset.chunk)
+                 chunk=preset.chunk, **preset.render.render_kwargs())
     latent = encode(denoiser, out.rgb * 2 - 1, generator_noise(g))  # SD's posterior.sample() draws from g
     update = distill_step(rule, denoiser, latent, state.step, preset.steps, prompt, g, state.rule_state, cameras)
-    distill = update.loss(latent)  # the rule's term of the one loss convention (distill.rule.distillation_loss)
+    distill = views_loss(preset, latent, update)
     regs = regularizers(out, preset, progress)
     loss = distill + sum(regs.values())
-    if not math.isfinite(loss.item()):
-        raise TrainingDiverged(f"the loss became {loss.item()} at step {state.step}")
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     state.optimizer.step()
     state.step += 1
-    return StepInfo(state.step, loss.item(), distill.item(), update.levels.t, {k: v.item() for k, v in regs.items()})
+    losses = {"loss": loss, "distill": distill, **regs}
+    return StepInfo(state.step, update.levels.t, {k: v.detach() for k, v in losses.items()})
+
+
+class DivergenceWatch:
+    """The first step whose loss was not finite, kept on the loss's device (no sync per step)."""
+
+    def __init__(self):
+        self.step: Tensor | None = None
+        self.loss: Tensor | None = None
+
+    def update(self, step: int, loss: Tensor) -> None:
+        if self.step is None:
+            self.step, self.loss = torch.full((), -1, device=loss.device), torch.zeros((), device=loss.device)
+        first = ~torch.isfinite(loss) & (self.step < 0)
+        self.step, self.loss = torch.where(first, step, self.step), torch.where(first, loss, self.loss)
+
+    def check(self) -> None:
+        """Raise TrainingDiverged naming the first bad step (one sync)."""
+        if self.step is not None and (step := int(self.step)) >= 0:
+            raise TrainingDiverged(f"the loss became {float(self.loss)} at step {step}")
 
 
 def train(state: TrainState, preset: Preset, rule: Rule, denoiser: Denoiser, prompt: str) -> Iterator[StepInfo]:
-    """Run from ``state.step`` to ``preset.steps``, yielding after every step."""
+    """Run from ``state.step`` to ``preset.steps``, yielding after every step; raises TrainingDiverged (naming
+    the first step whose loss was NaN or inf) every ``SYNC_EVERY`` steps, at checkpoint steps and at the end,
+    before yielding, so that no checkpoint follows a non-finite loss."""
+    watch = DivergenceWatch()
     while state.step < preset.steps:
-        yield training_step(state, preset, rule, denoiser, prompt)
+        info = training_step(state, preset, rule, denoiser, prompt)
+        watch.update(info.step - 1, info.losses["loss"])
+        if info.step % SYNC_EVERY == 0 or info.step % preset.checkpoint_every == 0 or info.step == preset.steps:
+            watch.check()
+        yield info

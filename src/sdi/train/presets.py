@@ -19,6 +19,7 @@ from sdi.distill.sds import sds, sds_threestudio
 from sdi.priors.stable_diffusion import StableDiffusionOptions
 from sdi.scene.cameras import CameraSampling
 from sdi.scene.fields import GridFieldConfig, HashGridFieldConfig
+from sdi.scene.renderer import NormalsMethod, Strategy
 
 RuleFactory = Callable[[], Rule]
 
@@ -51,6 +52,33 @@ class LossWeights:
     """The paper's convexity loss on 8x8 normals, weight 0.1 for the first 40% of steps."""
     z_variance: Callable[[float], float] = constant(0.0)
     """Variance of sample depth along each ray (thin surfaces)."""
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How the training loop renders (``sdi.scene.renderer.render``'s options, and the occupancy grid's size)."""
+
+    strategy: Strategy = "single_pass"
+    """"single_pass": every candidate sample with gradients; "two_pass": densities without gradients first,
+    with early ray termination, then gradients only before it (``sdi.scene.marching``)."""
+    normals: NormalsMethod = "auto"
+    """Normals for shading and the normal losses: "auto" (the grid's own, else autograd), "finite_difference"
+    (central, 6 density evaluations, threestudio's), "forward_difference" (3), "autograd" (double backward)."""
+    occupancy_resolution: int = 32
+    """Cells per side of the occupancy grid that skips empty space."""
+    early_stop: float = 1e-4
+    """two_pass: a ray stops where its transmittance falls below this."""
+    segments: int = 4
+    """two_pass: blocks of samples marched front to back (one host sync each)."""
+    min_alpha: float = 0.0
+    """two_pass: samples of alpha <= this get no gradient."""
+    compile_field: bool = False
+    """``torch.compile`` the field (fullgraph, dynamic shapes), on CUDA only."""
+
+    def render_kwargs(self) -> dict:
+        """The keyword arguments of ``render`` these options set."""
+        return {"strategy": self.strategy, "normals": self.normals, "early_stop": self.early_stop,
+                "segments": self.segments, "min_alpha": self.min_alpha}
 
 
 @dataclass(frozen=True)
@@ -92,6 +120,11 @@ class Preset:
     stable_diffusion: StableDiffusionOptions = StableDiffusionOptions(view_dependent_prompts=True, resize_to_model=True)
     """How a Stable Diffusion prior (``--prior sd:PATH``) runs: view-dependent prompts, renders resized to the
     model's size, VAE gradient checkpointing, torch.compile of the UNet; the embedded prior ignores it."""
+    render: RenderOptions = RenderOptions()
+    """Render strategy, normals, occupancy grid size, field compilation."""
+    average_views: bool = False
+    """Distillation loss = the mean of the ``batch`` one-view losses (K-view steps, ``with_views_per_step``), instead
+    of the authors' batch loss, which divides by the batch once more."""
 
 
 FAST_WEIGHTS = LossWeights(convexity=window(0.1 / (2 * 3 * 64 * 64), 0.4))
@@ -123,8 +156,11 @@ SDI_PAPER = Preset(
     shading=(("albedo", 0.0), ("lambertian", 0.25), ("textureless", 0.75)),
     weights=PAPER_WEIGHTS,
     checkpoint_every=1000,
+    render=RenderOptions("two_pass", "forward_difference", occupancy_resolution=128),
 )
-"""The paper's App. A: SD 2.1-base at 512x512, hash grid, 10k steps, Perp-Neg (a GPU run with --prior sd:PATH)."""
+"""The paper's App. A: SD 2.1-base at 512x512, hash grid, 10k steps, Perp-Neg (a GPU run with --prior sd:PATH).
+Rendered in two passes over a 128^3 occupancy grid with forward-difference normals (docs/gpu-path.md: same images as
+the single pass, a third of the gradient evaluations; normals 7.5 deg off the true surface vs autograd's 14 deg)."""
 
 THREESTUDIO_SD = StableDiffusionOptions(view_dependent_prompts=True, resize_to_model=True, encode_mode="sample")
 """Stable Diffusion as threestudio runs it: view prompts, renders resized to 512, latents by posterior.sample()."""
@@ -175,6 +211,27 @@ def gpu_sized(preset: Preset) -> bool:
 def cpu_sized(preset: Preset) -> Preset:
     """A GPU preset shrunk to CPU sizes, keeping its rule (for --preset sdi-paper on the embedded prior)."""
     return replace(FAST, name=preset.name, rule=preset.rule)
+
+
+def with_views_per_step(preset: Preset, views: int, antithetic: bool = False) -> Preset:
+    """K views per step (MV-SDI): ``views`` cameras per step, all in one batched UNet call per guidance step
+    (antithetic pairs 180 degrees apart in azimuth if asked), their distillation gradients averaged, and
+    ``preset.steps // views`` steps, so that the denoiser sees as many images as a one-view run of ``preset.steps``."""
+    if views < 1:
+        raise ValueError(f"--views-per-step must be at least 1, got {views}")
+    if antithetic and views % 2:
+        raise ValueError(f"--antithetic draws views in pairs: --views-per-step must be even, got {views}")
+    cameras = replace(preset.cameras, antithetic=antithetic)
+    return replace(preset, batch=views, steps=max(preset.steps // views, 1), cameras=cameras, average_views=True)
+
+
+def views_line(preset: Preset) -> str:
+    """What a K-view preset does, for the progress line ("" for one-view steps)."""
+    if not preset.average_views or preset.batch == 1:
+        return ""
+    kind = "antithetic" if preset.cameras.antithetic else "uniform"
+    return (f"{preset.batch} {kind} views/step, {preset.steps} steps = one-view budget / {preset.batch} "
+            "(same denoiser images)")
 
 
 def get_preset(name: str) -> Preset:

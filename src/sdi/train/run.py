@@ -9,6 +9,7 @@ Layout of RUN_DIR: config.json and checkpoint.safetensors (written together, ato
 from __future__ import annotations
 
 import json
+import math
 import resource
 import time
 import typing
@@ -27,8 +28,8 @@ from sdi.limits import RUN_MINIMUM, check_seed
 from sdi.run_folder import CHECKPOINT, CONFIG, PREVIOUS
 from sdi.train.checkpoint import (CheckpointError, load_checkpoint, pack_training_state, restore_training_state,
                                   save_checkpoint)
-from sdi.train.loop import StepInfo, TrainState, TrainingDiverged, new_state, train
-from sdi.train.presets import Preset, cpu_sized, get_preset, gpu_sized
+from sdi.train.loop import SYNC_EVERY, StepInfo, TrainState, TrainingDiverged, new_state, train
+from sdi.train.presets import Preset, cpu_sized, get_preset, gpu_sized, views_line, with_views_per_step
 
 CHECKPOINT_SECONDS = 60.0
 """Default wall time between checkpoints, besides every ``preset.checkpoint_every`` steps and the last step."""
@@ -61,6 +62,10 @@ class RunConfig:
     """Override of the preset's VAE gradient checkpointing (sd: only)."""
     compile_unet: bool | None = None
     """Override of the preset's torch.compile of the UNet (sd: only; CUDA only)."""
+    views_per_step: int | None = None
+    """K views per step with averaged gradients and steps // K steps (``presets.with_views_per_step``)."""
+    antithetic: bool = False
+    """With ``views_per_step``: draw the views as antithetic pairs, 180 degrees apart in azimuth."""
 
     def resolved_preset(self) -> Preset:
         """The preset with overrides applied; GPU-sized presets shrink to CPU sizes on the embedded prior."""
@@ -77,7 +82,14 @@ class RunConfig:
                 raise ValueError(f"--{name} must be at least {RUN_MINIMUM[name]}, got {value}")
         sd_names = ("gradient_checkpointing_vae", "compile_unet")
         sd = {name: getattr(self, name) for name in sd_names if getattr(self, name) is not None}
-        return replace(preset, **given, stable_diffusion=replace(preset.stable_diffusion, **sd))
+        preset = replace(preset, **given, stable_diffusion=replace(preset.stable_diffusion, **sd))
+        if self.views_per_step is None:
+            if self.antithetic:
+                raise ValueError("--antithetic pairs the views of a step: give --views-per-step K (even) too")
+            return preset
+        if self.batch is not None:
+            raise ValueError("give --views-per-step or --batch, not both (--views-per-step K sets K views per step)")
+        return with_views_per_step(preset, self.views_per_step, self.antithetic)
 
 
 def run_device(config: RunConfig) -> torch.device:
@@ -228,12 +240,14 @@ def train_run(
         start, start_step, info = time.perf_counter(), state.step, None
         elapsed = lambda: extra["elapsed_s"] + time.perf_counter() - start  # noqa: E731
         calls = lambda: extra["denoiser_calls"] + denoiser.calls  # noqa: E731
-        bar = tqdm(total=preset.steps, initial=state.step, desc=f"{preset.name} {config.prompt!r}",
-                   disable=not progress)
+        views = views_line(preset)
+        desc = f"{preset.name} {config.prompt!r}" + (f" [{views}]" if views else "")
+        bar = tqdm(total=preset.steps, initial=state.step, desc=desc, disable=not progress)
         try:
             for info in train(state, preset, rule, denoiser, config.prompt):
                 bar.update()
-                bar.set_postfix(loss=f"{info.loss:.3g}", t=info.t)
+                if state.step % SYNC_EVERY == 0 or state.step == preset.steps:  # reading the loss syncs a GPU
+                    bar.set_postfix(loss=f"{info.loss:.3g}", t=info.t)
                 if checkpoints.due(state.step):
                     checkpoints.save(state, elapsed(), calls(), info.loss)
                 if on_step is not None:
@@ -271,6 +285,8 @@ class Checkpoints:
 
     def save(self, state: TrainState, elapsed: float, calls: int, loss: float) -> None:
         """Checkpoint ``state`` (never NaNs) with its config.json; keep the previous checkpoint of this run."""
+        if not math.isfinite(loss):  # a wall-time checkpoint may come between train()'s divergence checks
+            raise TrainingDiverged(f"the loss became {loss} at step {state.step}")
         check_finite(state)
         if self.own:
             run_folder.keep_previous(self.run_dir)
@@ -314,4 +330,5 @@ def describe(preset: Preset) -> dict:
             "radiance_field": repr(preset.radiance_field), "cameras": repr(preset.cameras),
             "shading": preset.shading, "checkpoint_every": preset.checkpoint_every,
             "view_conditioning": preset.view_conditioning, "chunk": preset.chunk,
-            "stable_diffusion": asdict(preset.stable_diffusion)}
+            "stable_diffusion": asdict(preset.stable_diffusion), "render": asdict(preset.render),
+            "average_views": preset.average_views}
