@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from sdi.export.options import MeshOptions
 from sdi.io import atomic_write_json
 from sdi.train.presets import PRESETS
 from sdi.train.run import RunConfig, read_config, restore_state, run_device, train_run
@@ -36,6 +37,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile-unet", default=None, action=argparse.BooleanOptionalAction,
                         help="(sd: only) torch.compile the UNet, on CUDA")
     add_device_argument(parser)
+    add_mesh_arguments(parser)
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/<prompt>-s<seed>)")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                         help="continue a killed run (with its own settings; only --device may change)")
@@ -47,6 +49,18 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None,
                         help="(sd: only) cpu, cuda or cuda:N: where the scene and Stable Diffusion run; default "
                              "cuda if available, else cpu (the embedded prior runs on the CPU)")
+
+
+def add_mesh_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--texture-size", type=int, default=None, metavar="PX",
+                        help="side of the baked albedo texture of mesh.glb/.obj (default 512 on CPU, 2048 on CUDA)")
+    parser.add_argument("--faces", type=int, default=None, metavar="N",
+                        help="decimate the mesh to at most N faces (default: keep the marching-cubes mesh)")
+
+
+def mesh_options(args: argparse.Namespace) -> MeshOptions:
+    """The mesh export options given on the command line (one-line errors for bad sizes)."""
+    return MeshOptions(texture_size=args.texture_size, max_faces=args.faces)
 
 
 def config_from(args: argparse.Namespace) -> RunConfig:
@@ -71,12 +85,27 @@ def run(args: argparse.Namespace) -> int:
         config = config_from(args)
         slug = re.sub(r"[^a-z0-9]+", "-", config.prompt.lower()).strip("-")
         run_dir = args.out or Path("runs") / f"{slug}-{config.preset}-s{config.seed}"
-    metrics = train_run(run_dir, config, resume=bool(args.resume), progress=not args.quiet)
-    metrics["exports"] = export(run_dir, config)
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    metrics = generate(run_dir, config, mesh_options(args), resume=bool(args.resume), progress=not args.quiet)
     print(f"{metrics['steps']} steps in {metrics['wall_time_s']:.1f} s, {metrics['denoiser_calls']} denoiser calls; "
-          f"wrote {run_dir}")
+          f"wrote {run_dir}; {describe_mesh(metrics['exports']['mesh'])}")
     return 0
+
+
+def generate(run_dir: Path, config: RunConfig, mesh: MeshOptions = MeshOptions(), resume: bool = False,
+             progress: bool = True, on_step=None) -> dict:
+    """Train, export and write metrics.json: all of ``sdi generate`` after its arguments (``sdi serve`` too).
+    ``on_step(state, info)`` is called after every training step (see ``train_run``)."""
+    metrics = train_run(run_dir, config, resume=resume, progress=progress, on_step=on_step)
+    metrics["exports"] = export(run_dir, config, mesh)
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    return metrics
+
+
+def describe_mesh(mesh: dict) -> str:
+    """One line on the mesh export: faces, the automatic iso level and the texture size, or why it was skipped."""
+    if "skipped" in mesh:
+        return f"no mesh ({mesh['skipped']})"
+    return f"mesh {mesh['faces']} faces at iso level {mesh['iso_level']:.4g}, texture {mesh['texture_size']} px"
 
 
 def with_device(config: RunConfig, device: str | None) -> RunConfig:
@@ -84,10 +113,10 @@ def with_device(config: RunConfig, device: str | None) -> RunConfig:
     return config if device is None else replace(config, device=device)
 
 
-def export(run_dir: Path, config: RunConfig) -> dict:
+def export(run_dir: Path, config: RunConfig, mesh: MeshOptions = MeshOptions()) -> dict:
     """Rebuild the scene from the checkpoint on the run's device and write every export."""
     from sdi.export.run_outputs import export_run
 
     preset = config.resolved_preset()
     state, _ = restore_state(run_dir, preset, config.seed, run_device(config))
-    return export_run(state.scene, run_dir, min(2 * preset.resolution, 256))
+    return export_run(state.scene, run_dir, min(2 * preset.resolution, 256), mesh)

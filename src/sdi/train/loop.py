@@ -88,6 +88,12 @@ class StepInfo:
     distill: float
     t: int
     regularizers: dict[str, float]
+    grad_norm: float = math.nan
+    """L2 norm of the gradient of every trained parameter, before Adam."""
+    render: Tensor | None = None
+    """(B, 3, H, W) this step's render in [0, 1], detached (for logs and live previews)."""
+    target: Tensor | None = None
+    """The rule's target ``x0 - grad`` in the prior's space, detached (``denoiser.decode`` shows it)."""
 
 
 def sample_shading(preset: Preset, generator: torch.Generator) -> str:
@@ -137,9 +143,12 @@ def training_step(state: TrainState, preset: Preset, rule: Rule, denoiser: Denoi
         raise TrainingDiverged(f"the loss became {loss.item()} at step {state.step}")
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for g in state.optimizer.param_groups for p in g["params"]
+                                               if p.grad is not None])
     state.optimizer.step()
     state.step += 1
-    return StepInfo(state.step, loss.item(), distill.item(), update.levels.t, {k: v.item() for k, v in regs.items()})
+    return StepInfo(state.step, loss.item(), distill.item(), update.levels.t, {k: v.item() for k, v in regs.items()},
+                    grad_norm.item(), out.rgb.detach(), update.target.detach())
 
 
 def train(state: TrainState, preset: Preset, rule: Rule, denoiser: Denoiser, prompt: str) -> Iterator[StepInfo]:

@@ -1,8 +1,8 @@
 """One run = one folder: resolved config, checkpoint, exports, metrics. Resumable.
 
 Layout of RUN_DIR: config.json, checkpoint.safetensors (atomic, every N steps and at the end),
-turntable.mp4/.gif, views.png (rgb / normals / opacity at held-out cameras), mesh.glb/.obj/.ply,
-metrics.json.
+turntable.mp4/.gif, views.png (rgb / normals / opacity at held-out cameras), mesh.glb (textured),
+mesh.obj/.mtl + mesh_albedo.png, mesh.ply (vertex colours), metrics.json, events.out.tfevents.* (TensorBoard).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -19,7 +20,8 @@ from tqdm.auto import tqdm
 from sdi.io import atomic_write_json
 from sdi.diffusion.denoiser import CountingDenoiser, Denoiser
 from sdi.train.checkpoint import load_checkpoint, pack_training_state, restore_training_state, save_checkpoint
-from sdi.train.loop import TrainState, TrainingDiverged, new_state, train
+from sdi.train.logs import RunLog
+from sdi.train.loop import StepInfo, TrainState, TrainingDiverged, new_state, train
 from sdi.train.presets import Preset, cpu_sized, get_preset
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -149,11 +151,13 @@ def read_config(run_dir: Path) -> RunConfig:
 
 
 def train_run(
-    run_dir: Path, config: RunConfig, resume: bool = False, progress: bool = True, preset: Preset | None = None
+    run_dir: Path, config: RunConfig, resume: bool = False, progress: bool = True, preset: Preset | None = None,
+    on_step: Callable[[TrainState, StepInfo], None] | None = None,
 ) -> dict:
     """Train (or continue) the run in ``run_dir`` on ``run_device(config)``; returns the training metrics.
     ``preset``: a Preset object to train as it is (e.g. an unregistered ablation rule) instead of
-    ``config.resolved_preset()``; config.json then names the config's preset but describes this one."""
+    ``config.resolved_preset()``; config.json then names the config's preset but describes this one.
+    TensorBoard event files go to ``run_dir`` (``sdi.train.logs``); ``on_step`` is called after every step."""
     preset = preset if preset is not None else config.resolved_preset()
     device = run_device(config)
     denoiser = CountingDenoiser(load_prior(config, preset))
@@ -168,8 +172,12 @@ def train_run(
     elapsed = lambda: extra["elapsed_s"] + time.perf_counter() - start  # noqa: E731
     calls = lambda: extra["denoiser_calls"] + denoiser.calls  # noqa: E731
     bar = tqdm(total=preset.steps, initial=state.step, desc=f"{preset.name} {config.prompt!r}", disable=not progress)
+    log = RunLog(run_dir, denoiser.decode, state.step, preset.steps)
     try:
         for info in train(state, preset, rule, denoiser, config.prompt):
+            log.log(info)
+            if on_step is not None:
+                on_step(state, info)
             bar.update()
             bar.set_postfix(loss=f"{info.loss:.3g}", t=info.t)
             if state.step % preset.checkpoint_every == 0 or state.step == preset.steps:
@@ -182,6 +190,7 @@ def train_run(
                                "lower the learning rate or change the seed, then --resume or start again") from None
     finally:
         bar.close()
+        log.close()
     return {"steps": state.step, "wall_time_s": elapsed(), "denoiser_calls": calls(),
             "final_loss": info.loss if info else extra.get("final_loss"), "preset": preset.name, "rule": rule.name,
             "device": str(device), "peak_memory_mb": peak_memory_mb(device)}
