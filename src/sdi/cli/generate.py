@@ -83,12 +83,17 @@ def run(args: argparse.Namespace) -> int:
                   "are ignored", file=sys.stderr)
     else:
         config = config_from(args)
-        slug = re.sub(r"[^a-z0-9]+", "-", config.prompt.lower()).strip("-")
-        run_dir = args.out or Path("runs") / f"{slug}-{config.preset}-s{config.seed}"
+        run_dir = args.out or Path("runs") / run_name(config)
     metrics = generate(run_dir, config, mesh_options(args), resume=bool(args.resume), progress=not args.quiet)
     print(f"{metrics['steps']} steps in {metrics['wall_time_s']:.1f} s, {metrics['denoiser_calls']} denoiser calls; "
           f"wrote {run_dir}; {describe_mesh(metrics['exports']['mesh'])}")
     return 0
+
+
+def run_name(config: RunConfig) -> str:
+    """The default run folder's name: <prompt>-<preset>-s<seed>."""
+    slug = re.sub(r"[^a-z0-9]+", "-", config.prompt.lower()).strip("-")
+    return f"{slug}-{config.preset}-s{config.seed}"
 
 
 def generate(run_dir: Path, config: RunConfig, mesh: MeshOptions = MeshOptions(), resume: bool = False,

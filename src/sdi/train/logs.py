@@ -7,8 +7,8 @@ side) and ``target`` (the rule's target ``x0 - grad`` decoded by the prior, the 
 towards). Written with tensorboardX (numpy and protobuf only, no TensorFlow); its writer thread does the file
 I/O, so a step pays only for building the records (benchmarks/bench_logging.py measures it).
 
-A resumed run opens a new event file with ``purge_step`` = the checkpoint's step: TensorBoard then drops
-what the killed process logged after that checkpoint, so each step is shown once.
+A resumed run opens a new event file with ``purge_step`` = the first step after its checkpoint: TensorBoard
+then drops what the killed process logged after that checkpoint, so each step is shown once.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ class RunLog:
                  image_every: int = IMAGE_EVERY):
         from tensorboardX import SummaryWriter
 
-        self.writer = SummaryWriter(str(log_dir), purge_step=start_step or None, flush_secs=10)
+        # The first step logged is start_step + 1; the suffix orders (and keeps apart) files opened in one second.
+        self.writer = SummaryWriter(str(log_dir), purge_step=start_step + 1 if start_step else None, flush_secs=10,
+                                    filename_suffix=f".from{start_step:08d}")
         self.decode, self.total_steps, self.image_every = decode, total_steps, image_every
         self.last = time.perf_counter()
         self.seconds = 0.0

@@ -101,17 +101,31 @@ def parse_device(spec: str) -> torch.device:
     return device
 
 
+def check_prior(config: RunConfig) -> None:
+    """The errors ``load_prior`` raises before loading anything: an unknown prior, words the embedded prior does
+    not know, no Stable Diffusion folder (``sdi serve`` reports them before a run waits in its queue)."""
+    if config.prior == "embedded":
+        from sdi.scene.catalog import parse_prompt
+
+        parse_prompt(config.prompt)
+    elif config.prior.startswith("sd:"):
+        from sdi.priors.stable_diffusion import resolve_weights
+
+        resolve_weights(config.prior[3:])
+    else:
+        raise ValueError(f"unknown prior {config.prior!r}; use 'embedded' or sd:PATH")
+
+
 def load_prior(config: RunConfig, preset: Preset) -> Denoiser:
     """The denoiser named by ``config.prior``; clear errors for unknown prompts and missing folders."""
+    check_prior(config)
     if config.prior == "embedded":
         from sdi.priors.multiview import build_multiview_prior
 
         return build_multiview_prior(config.prompt, preset.resolution, view_conditioning=preset.view_conditioning)
-    if config.prior.startswith("sd:"):
-        from sdi.priors.stable_diffusion import load_stable_diffusion
+    from sdi.priors.stable_diffusion import load_stable_diffusion
 
-        return load_stable_diffusion(config.prior[3:], device=run_device(config), options=preset.stable_diffusion)
-    raise ValueError(f"unknown prior {config.prior!r}; use 'embedded' or sd:PATH")
+    return load_stable_diffusion(config.prior[3:], device=run_device(config), options=preset.stable_diffusion)
 
 
 def save_state(
