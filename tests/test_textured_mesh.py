@@ -8,7 +8,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from sdi.export.mesh import extract_mesh, save_textured_mesh, textured_mesh
+from sdi.export.mesh import decimate, extract_mesh, save_textured_mesh, textured_mesh
 from sdi.export.options import MeshOptions, default_texture_size
 from sdi.export.texture import fill_gutters, rasterize_uv, scan_triangles
 from sdi.scene.catalog import parse_prompt
@@ -60,6 +60,7 @@ def test_texture_size_by_device_and_option_errors():
         MeshOptions(texture_size=8)
     with pytest.raises(ValueError, match="--faces"):
         MeshOptions(max_faces=2)
+    assert MeshOptions().max_faces == 10_000 and MeshOptions(max_faces=0).max_faces == 0
 
 
 # --------------------------------------------------------------------- a catalog object's field
@@ -154,10 +155,11 @@ def test_ply_keeps_vertex_colours(exported):
 
 def test_decimated_mesh_keeps_its_texture(tmp_path):
     field = catalog_field("a red cube with white stripes")
-    full = extract_mesh(field.density, None, resolution=96)
-    mesh = extract_mesh(field.density, albedo_fn(field), resolution=96, max_faces=2000)
-    assert 1000 < len(mesh.faces) <= 2000 < len(full.faces)
+    full = extract_mesh(field.density, albedo_fn(field), resolution=96)
+    mesh = decimate(full, 2000)
+    assert 1000 < len(mesh.faces) <= 2000 < len(full.faces) and decimate(mesh, 2000) is mesh
     assert mesh.metadata["iso_level"] == full.metadata["iso_level"] > 0  # chosen automatically, reported
-    paths = save_textured_mesh(mesh, textured_mesh(mesh, albedo_fn(field), 256), tmp_path)
+    paths = save_textured_mesh(full, textured_mesh(mesh, albedo_fn(field), 256), tmp_path)
     glb = trimesh.load(paths["glb"], force="mesh", process=False)
     assert len(glb.faces) == len(mesh.faces) and texture_error(glb, field) < 0.03
+    assert len(trimesh.load(paths["ply"], force="mesh", process=False).faces) == len(full.faces)

@@ -55,12 +55,14 @@ def add_mesh_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--texture-size", type=int, default=None, metavar="PX",
                         help="side of the baked albedo texture of mesh.glb/.obj (default 512 on CPU, 2048 on CUDA)")
     parser.add_argument("--faces", type=int, default=None, metavar="N",
-                        help="decimate the mesh to at most N faces (default: keep the marching-cubes mesh)")
+                        help="face budget of the textured mesh.glb/.obj (default 10000; 0: every marching-cubes "
+                             "face, slow to unwrap); mesh.ply keeps every face")
 
 
 def mesh_options(args: argparse.Namespace) -> MeshOptions:
     """The mesh export options given on the command line (one-line errors for bad sizes)."""
-    return MeshOptions(texture_size=args.texture_size, max_faces=args.faces)
+    given = {"max_faces": args.faces} if args.faces is not None else {}
+    return MeshOptions(texture_size=args.texture_size, **given)
 
 
 def config_from(args: argparse.Namespace) -> RunConfig:
@@ -110,7 +112,8 @@ def describe_mesh(mesh: dict) -> str:
     """One line on the mesh export: faces, the automatic iso level and the texture size, or why it was skipped."""
     if "skipped" in mesh:
         return f"no mesh ({mesh['skipped']})"
-    return f"mesh {mesh['faces']} faces at iso level {mesh['iso_level']:.4g}, texture {mesh['texture_size']} px"
+    return (f"mesh at iso level {mesh['iso_level']:.4g} (chosen automatically): {mesh['faces']} faces textured "
+            f"{mesh['texture_size']} px (glb, obj), {mesh['ply_faces']} with vertex colours (ply)")
 
 
 def with_device(config: RunConfig, device: str | None) -> RunConfig:

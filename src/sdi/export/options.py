@@ -23,11 +23,12 @@ class MeshOptions:
     """Marching-cubes grid per side."""
     texture_size: int | None = None
     """Side of the baked albedo texture; None: by device (``default_texture_size``)."""
-    max_faces: int | None = None
-    """Decimate to at most this many faces; None keeps the marching-cubes mesh."""
+    max_faces: int = 10_000
+    """Face budget of the textured mesh (GLB, OBJ); 0 keeps every marching-cubes face (slow to unwrap: see
+    ``sdi.export.mesh``). PLY always has the full mesh."""
 
     def __post_init__(self):
         if self.texture_size is not None and not 16 <= self.texture_size <= 8192:
             raise ValueError(f"--texture-size must be between 16 and 8192, got {self.texture_size}")
-        if self.max_faces is not None and self.max_faces < 4:
-            raise ValueError(f"--faces must be at least 4, got {self.max_faces}")
+        if self.max_faces != 0 and self.max_faces < 4:
+            raise ValueError(f"--faces must be at least 4 (or 0: no decimation), got {self.max_faces}")

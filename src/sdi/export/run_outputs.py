@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from sdi.export.figures import figure
-from sdi.export.mesh import EmptyVolumeError, extract_mesh, save_textured_mesh, textured_mesh
+from sdi.export.mesh import EmptyVolumeError, decimate, extract_mesh, save_textured_mesh, textured_mesh
 from sdi.export.options import MeshOptions, default_texture_size
 from sdi.export.video import save_turntable
 from sdi.io import save_image, to_uint8
@@ -40,19 +40,19 @@ def export_views(scene: Scene, out_dir: Path, size: int) -> Path:
 
 
 def export_mesh(scene: Scene, out_dir: Path, options: MeshOptions = MeshOptions()) -> dict:
-    """GLB and OBJ with a baked albedo texture, PLY with vertex colours; the iso level, face count and texture
-    size used; or {"skipped": reason} when the volume is empty."""
+    """GLB and OBJ with a baked albedo texture (decimated to the face budget), PLY with vertex colours (the full
+    marching-cubes mesh); the iso level, face counts and texture size used; {"skipped": reason} for an empty volume."""
     field = scene.field
     albedo = lambda points: field(points).albedo  # noqa: E731
     try:
-        mesh = extract_mesh(field.density, albedo, resolution=options.resolution, device=scene.device,
-                            max_faces=options.max_faces)
+        mesh = extract_mesh(field.density, albedo, resolution=options.resolution, device=scene.device)
     except EmptyVolumeError as error:
         return {"skipped": str(error)}
+    low = decimate(mesh, options.max_faces) if options.max_faces else mesh
     size = options.texture_size or default_texture_size(scene.device)
-    paths = save_textured_mesh(mesh, textured_mesh(mesh, albedo, size, scene.device), out_dir)
+    paths = save_textured_mesh(mesh, textured_mesh(low, albedo, size, scene.device), out_dir)
     return {**{kind: str(path) for kind, path in paths.items()}, "iso_level": mesh.metadata["iso_level"],
-            "faces": len(mesh.faces), "texture_size": size}
+            "faces": len(low.faces), "ply_faces": len(mesh.faces), "texture_size": size}
 
 
 def export_run(scene: Scene, out_dir: Path, size: int, mesh: MeshOptions = MeshOptions()) -> dict:
