@@ -92,7 +92,8 @@ def test_a_failing_run_shows_the_cli_line_and_the_queue_goes_on(capsys):
     for job in (failing, bug, after):
         runner.finish(job)
     wait_for(lambda: after.over)
-    assert failing.state == "failed" and failing.error == "sdi generate: error: the field diverged; lower the learning rate"
+    assert failing.state == "failed"
+    assert failing.error == "sdi generate: error: the field diverged; lower the learning rate"
     assert status_text(failing, 0) == failing.error
     assert bug.state == "failed" and bug.error.startswith("sdi serve: internal error: KeyError")
     assert after.state == "done"

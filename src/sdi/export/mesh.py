@@ -179,7 +179,8 @@ def _mtl(material: str, texture: str) -> str:
 def save_textured_mesh(mesh: trimesh.Trimesh, textured: trimesh.Trimesh, out_dir: PathLike,
                        stem: str = "mesh") -> dict[str, Path]:
     """Write ``textured`` as ``<stem>.glb`` and ``<stem>.obj`` + ``<stem>.mtl`` + ``<stem>_albedo.png``,
-    ``mesh``'s vertex colours as ``<stem>.ply``; each atomically. Returns {"glb", "obj", "mtl", "png", "ply"} -> path."""
+    ``mesh``'s vertex colours as ``<stem>.ply``; each atomically.
+    Returns {"glb", "obj", "mtl", "png", "ply"} -> path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     material = f"{stem}_albedo"
