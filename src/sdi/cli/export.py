@@ -33,4 +33,3 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(metrics_path, {**metrics, "exports": written})
     print(f"exported {args.run_dir}: " + ", ".join(written) + "; " + describe_mesh(written["mesh"]))
     return 0
-
