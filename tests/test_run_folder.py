@@ -84,9 +84,12 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint(finished
             train_run(run_dir, config, progress=False, overwrite=True)
     assert snapshot(run_dir) == before  # the red cube is intact
 
+    old_logs = {p.name for p in run_dir.glob("events.out.tfevents.*")}
     train_run(run_dir, config, progress=False, overwrite=True)
-    names = {p.name for p in run_dir.iterdir()}
+    logs = {p.name for p in run_dir.glob("events.out.tfevents.*")}
+    names = {p.name for p in run_dir.iterdir()} - logs
     assert names == {CONFIG, CHECKPOINT, PREVIOUS}  # the red cube's metrics and exports are gone with it
+    assert len(logs) == 1 and not logs & old_logs  # and its TensorBoard log: only the blue sphere's is left
     assert json.loads((run_dir / CONFIG).read_text())["run"]["prompt"] == "a blue sphere"
     meta = run_folder.checkpoint_meta(run_dir / CHECKPOINT)
     assert meta["step"] == 6 and meta["extra"]["config"]["prompt"] == "a blue sphere"

@@ -220,13 +220,14 @@ def claim(run_dir: Path, resume: bool = False, overwrite: bool = False) -> Itera
 
 
 def run_files(run_dir: Path) -> list[Path]:
-    """The files of the run in ``run_dir`` besides config and checkpoint: the previous checkpoint, metrics.json
-    and the exports it lists (by name, in ``run_dir``: a copied run folder lists the paths of the original)."""
+    """The files of the run in ``run_dir`` besides config and checkpoint: the previous checkpoint, metrics.json,
+    the exports it lists (by name, in ``run_dir``: a copied run folder lists the paths of the original) and its
+    TensorBoard event files."""
     exports = read_json(run_dir / METRICS).get("exports")
     listed = [p for v in (exports.values() if isinstance(exports, dict) else ())
               for p in (v.values() if isinstance(v, dict) else [v]) if isinstance(p, str)]
     exported = [run_dir / Path(p).name for p in listed if (run_dir / Path(p).name).is_file()]
-    return [run_dir / PREVIOUS, run_dir / METRICS, *exported]
+    return [run_dir / PREVIOUS, run_dir / METRICS, *exported, *sorted(run_dir.glob("events.out.tfevents.*"))]
 
 
 def remove_files(paths: list[Path]) -> None:

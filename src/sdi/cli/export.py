@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 
 from sdi import run_folder
-from sdi.cli.generate import add_device_argument, with_device, write_outputs
+from sdi.cli.generate import (add_device_argument, add_mesh_arguments, describe_mesh, mesh_options, with_device,
+                              write_outputs)
 
 
 def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", type=Path, help="folder made by `sdi generate`")
     add_device_argument(parser)
+    add_mesh_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -20,6 +22,6 @@ def run(args: argparse.Namespace) -> int:
 
     config = with_device(read_config(args.run_dir), args.device)
     metrics = run_folder.read_json(args.run_dir / run_folder.METRICS)  # {} when missing or unreadable
-    written = write_outputs(args.run_dir, config, metrics)["exports"]
-    print(f"exported {args.run_dir}: " + ", ".join(written))
+    written = write_outputs(args.run_dir, config, metrics, mesh_options(args))["exports"]
+    print(f"exported {args.run_dir}: " + ", ".join(written) + "; " + describe_mesh(written["mesh"]))
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from sdi import run_folder
 from sdi.cli.args import Registry, at_least, positive, seed
 from sdi.errors import WriteError
+from sdi.export.options import MeshOptions
 from sdi.limits import RUN_MINIMUM, SEED_MAX
 
 METHOD_PRESETS = {"sdi": "fast", "sds": "sds", "ism": "ism", "nfsd": "nfsd", "csd": "csd", "sdi-paper": "sdi-paper",
@@ -43,6 +44,7 @@ def add_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile-unet", default=None, action=argparse.BooleanOptionalAction,
                         help="(sd: only) torch.compile the UNet, on CUDA")
     add_device_argument(parser)
+    add_mesh_arguments(parser)
     parser.add_argument("--out", type=Path, default=None,
                         help="run folder (default runs/<prompt>-<preset>-s<seed>, or the first of -2, -3... that "
                              "holds no run); refused when it holds a run, unless --overwrite")
@@ -60,6 +62,25 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None,
                         help="(sd: only) cpu, cuda or cuda:N: where the scene and Stable Diffusion run; default "
                              "cuda if available, else cpu (the embedded prior runs on the CPU)")
+
+
+def add_mesh_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--texture-size", type=at_least(1), default=None, metavar="PX",
+                        help="side of the baked albedo texture of mesh.glb/.obj (default 512 on CPU, 2048 on CUDA)")
+    parser.add_argument("--faces", type=at_least(0), default=None, metavar="N",
+                        help="face budget of the textured mesh.glb/.obj (default 10000; 0: every marching-cubes "
+                             "face, slow to unwrap); mesh.ply keeps every face")
+
+
+def mesh_options(args: argparse.Namespace) -> MeshOptions:
+    """The mesh export options given on the command line (one-line errors for bad sizes)."""
+    given = {"max_faces": args.faces} if args.faces is not None else {}
+    return MeshOptions(texture_size=args.texture_size, **given)
+
+
+def preset_name(args: argparse.Namespace) -> str:
+    """The preset a new run's arguments name (--preset, or the one of --method)."""
+    return args.preset or METHOD_PRESETS[args.method or "sdi"]
 
 
 def check_new_run(args: argparse.Namespace) -> str:
@@ -110,23 +131,39 @@ def resumed_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise ValueError("give --resume or --overwrite, not both")
+    mesh = mesh_options(args)
     if args.resume:
         run_dir, config, note = args.resume, resumed_config(args), ""
     else:
-        prompt, preset = check_new_run(args), args.preset or METHOD_PRESETS[args.method or "sdi"]
+        prompt, preset = check_new_run(args), preset_name(args)
         run_dir, note = new_run_dir(args, prompt, preset)
         config = config_from(args, prompt, preset)
+    metrics = generate(run_dir, config, mesh, resume=bool(args.resume), progress=not args.quiet,
+                       overwrite=args.overwrite, checkpoint_seconds=args.checkpoint_seconds)
+    print(f"{summary(metrics)}; wrote {run_dir}{note}; {describe_mesh(metrics['exports']['mesh'])}")
+    return 0
+
+
+def generate(run_dir: Path, config, mesh: MeshOptions = MeshOptions(), resume: bool = False, progress: bool = True,
+             on_step=None, **run_options) -> dict:
+    """Train, export and write metrics.json: all of ``sdi generate`` after its arguments (``sdi serve`` too).
+    ``run_options`` (overwrite, checkpoint_seconds) and ``on_step(state, info)`` go to ``train_run``."""
     from sdi.train.run import train_run
 
-    metrics = train_run(run_dir, config, resume=bool(args.resume), progress=not args.quiet, overwrite=args.overwrite,
-                        checkpoint_seconds=args.checkpoint_seconds)
+    metrics = train_run(run_dir, config, resume=resume, progress=progress, on_step=on_step, **run_options)
     try:
-        metrics = write_outputs(run_dir, config, metrics)
+        return write_outputs(run_dir, config, metrics, mesh)
     except WriteError as error:
         raise WriteError(f"{error}; the trained checkpoint is kept: `sdi export {run_dir}` writes the exports later",
                          error.filename, error.errno) from None
-    print(f"{summary(metrics)}; wrote {run_dir}{note}")
-    return 0
+
+
+def describe_mesh(mesh: dict) -> str:
+    """One line on the mesh export: faces, the automatic iso level and the texture size, or why it was skipped."""
+    if "skipped" in mesh:
+        return f"no mesh ({mesh['skipped']})"
+    return (f"mesh at iso level {mesh['iso_level']:.4g} (chosen automatically): {mesh['faces']} faces textured "
+            f"{mesh['texture_size']} px (glb, obj), {mesh['ply_faces']} with vertex colours (ply)")
 
 
 def summary(metrics: dict) -> str:
@@ -141,17 +178,17 @@ def with_device(config, device: str | None):
     return config if device is None else replace(config, device=device)
 
 
-def write_outputs(run_dir: Path, config, metrics: dict) -> dict:
+def write_outputs(run_dir: Path, config, metrics: dict, mesh: MeshOptions = MeshOptions()) -> dict:
     """Every export and metrics.json (with ``metrics`` and what was exported), all or nothing, under the lock."""
     from sdi.io import all_or_nothing, atomic_write_json
 
     with run_folder.locked(run_dir), all_or_nothing():
-        metrics = {**metrics, "exports": export(run_dir, config)}
+        metrics = {**metrics, "exports": export(run_dir, config, mesh)}
         atomic_write_json(run_dir / run_folder.METRICS, metrics)
     return metrics
 
 
-def export(run_dir: Path, config) -> dict:
+def export(run_dir: Path, config, mesh: MeshOptions = MeshOptions()) -> dict:
     """Rebuild the scene from the checkpoint on the run's device and write every export."""
     from sdi.export.run_outputs import export_run
     from sdi.train.run import check_config_matches, restore_state, run_device
@@ -159,4 +196,4 @@ def export(run_dir: Path, config) -> dict:
     preset = config.resolved_preset()
     state, extra = restore_state(run_dir, preset, config.seed, run_device(config))
     check_config_matches(run_dir, config, extra)
-    return export_run(state.scene, run_dir, min(2 * preset.resolution, 256))
+    return export_run(state.scene, run_dir, min(2 * preset.resolution, 256), mesh)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import sys
 
-from sdi.cli import bench, catalog, export, generate, twod
+from sdi.cli import bench, catalog, export, generate, serve, twod
 from sdi.cli.args import Parser, UsageError
 from sdi.errors import UserError
 
-SUBCOMMANDS = {"generate": generate, "2d": twod, "export": export, "catalog": catalog, "bench": bench}
+SUBCOMMANDS = {"generate": generate, "2d": twod, "export": export, "catalog": catalog, "bench": bench, "serve": serve}
 
 EXTRAS = {"diffusers": "sd", "transformers": "sd", "huggingface_hub": "sd", "accelerate": "sd", "ray": "bench"}
 """Optional packages, by the extra of pyproject.toml that installs them."""
@@ -49,6 +49,12 @@ def report(prog: str, message: str) -> int:
     """Print ``message`` as one line on stderr; exit status 2."""
     print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
     return 2
+
+
+def error_line(command: str, error: Exception) -> str | None:
+    """The one line ``sdi COMMAND`` prints for ``error`` (``sdi serve`` shows the same); None for a bug."""
+    message = one_line(error)
+    return None if message is None else f"sdi {command}: error: {' '.join(message.split())}"
 
 
 def one_line(error: Exception) -> str | None:

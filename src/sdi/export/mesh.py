@@ -8,7 +8,19 @@ tiny tail values do not drag the split into empty space; taking the midpoint of 
 surface where the density has fallen half way from 'full' to 'empty' (for a sharp blob, its edge).
 
 The grid is padded with one layer of the minimum density before marching cubes, so a surface that
-touches the bounding box is closed by the box instead of being left open.
+touches the bounding box is closed by the box instead of being left open. The level used is kept in
+``mesh.metadata["iso_level"]``.
+
+Textured export (``textured_mesh``, ``save_textured_mesh``): the marching-cubes mesh, decimated to a face
+budget (``decimate``: quadric error metrics, Garland & Heckbert 1997, via fast-simplification), is cut into
+xatlas charts and its albedo baked into a texture from the field itself (``sdi.export.texture``), so texture
+detail is not limited to the mesh's vertices. GLB carries it as the PBR ``baseColorTexture``, OBJ as
+``map_Kd`` in its MTL; PLY keeps the full marching-cubes mesh with vertex colours.
+
+Why a face budget by default: xatlas' chart building grows much faster than linearly on the marching-cubes
+meshes of a soft field (many sliver triangles). On one 24k-face mesh of a trained run (one thread,
+2-core machine at load ~2): 11.1 s undecimated, 7.2 s at 20k faces, 1.3 s at 10k, 0.5 s at 5k; decimation
+itself takes 0.01-0.07 s.
 """
 
 from __future__ import annotations
@@ -19,10 +31,12 @@ from typing import Callable
 import numpy as np
 import torch
 import trimesh
+from PIL import Image
 from skimage.filters import threshold_otsu
 from skimage.measure import marching_cubes
 from torch import Tensor
 
+from sdi.export.texture import bake_albedo, uv_atlas
 from sdi.io import PathLike, atomic_write_bytes, atomic_write_text
 
 DensityFn = Callable[[Tensor], Tensor]  # points (N,3) -> density (N,)
@@ -90,9 +104,9 @@ def extract_mesh(
 ) -> trimesh.Trimesh:
     """Marching-cubes mesh of ``density_fn`` over [-bound, bound]^3 with vertex colours from ``color_fn``.
 
-    ``threshold=None`` picks the iso level with ``auto_threshold`` (see the module docstring).
-    Faces are wound so normals point outward (towards lower density). Raises ``EmptyVolumeError``
-    when no voxel lies on each side of the level.
+    ``threshold=None`` picks the iso level with ``auto_threshold`` (see the module docstring); the level
+    used is ``mesh.metadata["iso_level"]``. Faces are wound so normals point outward (towards lower density).
+    Raises ``EmptyVolumeError`` when no voxel lies on each side of the level.
     """
     if resolution < 2:
         raise ValueError(f"resolution must be >= 2, got {resolution}")
@@ -108,7 +122,25 @@ def extract_mesh(
     verts = (verts - h - bound).astype(np.float32)  # undo the padding layer and the grid origin
     faces = faces[:, ::-1]  # skimage winds clockwise seen from low density; trimesh wants counter-clockwise
     rgba = _vertex_rgba(color_fn, verts, chunk, device)
-    return trimesh.Trimesh(vertices=verts, faces=faces, vertex_colors=rgba, process=False)
+    mesh = trimesh.Trimesh(vertices=verts, faces=faces, vertex_colors=rgba, process=False)
+    mesh.metadata["iso_level"] = level
+    return mesh
+
+
+def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
+    """``mesh`` (its geometry and metadata, not its colours) with at most ``max_faces`` faces, by quadric edge
+    collapse (fast-simplification); the same mesh when it has no more faces than that."""
+    if max_faces < 4:
+        raise ValueError(f"a face budget must be at least 4 faces, got {max_faces}")
+    if len(mesh.faces) <= max_faces:
+        return mesh
+    import fast_simplification
+
+    verts, faces = fast_simplification.simplify(np.asarray(mesh.vertices), np.asarray(mesh.faces),
+                                                target_count=max_faces)
+    low = trimesh.Trimesh(verts.astype(np.float32), faces.astype(np.int64), process=False)
+    low.metadata.update(mesh.metadata)
+    return low
 
 
 def save_mesh(mesh: trimesh.Trimesh, out_dir: PathLike, stem: str = "mesh") -> dict[str, Path]:
@@ -121,5 +153,46 @@ def save_mesh(mesh: trimesh.Trimesh, out_dir: PathLike, stem: str = "mesh") -> d
     paths = {ext: out / f"{stem}.{ext}" for ext in ("glb", "obj", "ply")}
     atomic_write_bytes(paths["glb"], mesh.export(file_type="glb"))
     atomic_write_text(paths["obj"], mesh.export(file_type="obj", include_color=True, include_normals=False))
+    atomic_write_bytes(paths["ply"], mesh.export(file_type="ply", encoding="binary"))
+    return paths
+
+
+def textured_mesh(mesh: trimesh.Trimesh, color_fn: ColorFn, texture_size: int, device: str | torch.device = "cpu",
+                  name: str = "albedo") -> trimesh.Trimesh:
+    """``mesh`` cut along an xatlas UV atlas, with ``color_fn`` baked into a ``texture_size`` square texture
+    as a matte PBR material (baseColorTexture, metallic 0, roughness 1)."""
+    atlas = uv_atlas(np.asarray(mesh.vertices), np.asarray(mesh.faces), texture_size)
+    image = Image.fromarray(bake_albedo(atlas, color_fn, texture_size, device))
+    material = trimesh.visual.material.PBRMaterial(name=name, baseColorTexture=image, metallicFactor=0.0,
+                                                   roughnessFactor=1.0)
+    visual = trimesh.visual.TextureVisuals(uv=atlas.uv, material=material)
+    textured = trimesh.Trimesh(vertices=atlas.vertices, faces=atlas.faces, visual=visual, process=False)
+    textured.metadata.update(mesh.metadata)
+    return textured
+
+
+def _mtl(material: str, texture: str) -> str:
+    """A matte MTL: the texture as diffuse colour (Kd 1, so viewers that multiply Kd by map_Kd keep it), no specular."""
+    return (f"newmtl {material}\nKa 0 0 0\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\nmap_Kd {texture}\n")
+
+
+def save_textured_mesh(mesh: trimesh.Trimesh, textured: trimesh.Trimesh, out_dir: PathLike,
+                       stem: str = "mesh") -> dict[str, Path]:
+    """Write ``textured`` as ``<stem>.glb`` and ``<stem>.obj`` + ``<stem>.mtl`` + ``<stem>_albedo.png``,
+    ``mesh``'s vertex colours as ``<stem>.ply``; each atomically.
+    Returns {"glb", "obj", "mtl", "png", "ply"} -> path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    material = f"{stem}_albedo"
+    textured.visual.material.name = material
+    obj_text, files = trimesh.exchange.obj.export_obj(textured, include_normals=False, include_texture=True,
+                                                      return_texture=True, mtl_name=f"{stem}.mtl")
+    png = f"{material}.png"
+    paths = {"glb": out / f"{stem}.glb", "obj": out / f"{stem}.obj", "mtl": out / f"{stem}.mtl",
+             "png": out / png, "ply": out / f"{stem}.ply"}
+    atomic_write_bytes(paths["glb"], textured.export(file_type="glb"))
+    atomic_write_bytes(paths["png"], files[png])
+    atomic_write_text(paths["mtl"], _mtl(material, png))
+    atomic_write_text(paths["obj"], obj_text)
     atomic_write_bytes(paths["ply"], mesh.export(file_type="ply", encoding="binary"))
     return paths

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from sdi.export.figures import figure
-from sdi.export.mesh import EmptyVolumeError, extract_mesh, save_mesh
+from sdi.export.mesh import EmptyVolumeError, decimate, extract_mesh, save_textured_mesh, textured_mesh
+from sdi.export.options import MeshOptions, default_texture_size
 from sdi.export.video import save_turntable
 from sdi.io import save_image, to_uint8
 from sdi.scene.cameras import held_out_cameras, turntable_cameras
@@ -38,19 +39,25 @@ def export_views(scene: Scene, out_dir: Path, size: int) -> Path:
     return save_image(out_dir / "views.png", figure(rows, nrow=8, scale=2))
 
 
-def export_mesh(scene: Scene, out_dir: Path, resolution: int = 128) -> dict[str, Path] | str:
-    """GLB/OBJ/PLY by marching cubes with vertex colours; the reason instead when the volume is empty."""
+def export_mesh(scene: Scene, out_dir: Path, options: MeshOptions = MeshOptions()) -> dict:
+    """GLB and OBJ with a baked albedo texture (decimated to the face budget), PLY with vertex colours (the full
+    marching-cubes mesh); the iso level, face counts and texture size used; {"skipped": reason} for an empty volume."""
     field = scene.field
+    albedo = lambda points: field(points).albedo  # noqa: E731
     try:
-        mesh = extract_mesh(field.density, lambda p: field(p).albedo, resolution=resolution, device=scene.device)
+        mesh = extract_mesh(field.density, albedo, resolution=options.resolution, device=scene.device)
     except EmptyVolumeError as error:
-        return str(error)
-    return save_mesh(mesh, out_dir)
+        return {"skipped": str(error)}
+    low = decimate(mesh, options.max_faces) if options.max_faces else mesh
+    size = options.texture_size or default_texture_size(scene.device)
+    paths = save_textured_mesh(mesh, textured_mesh(low, albedo, size, scene.device), out_dir)
+    return {**{kind: str(path) for kind, path in paths.items()}, "iso_level": mesh.metadata["iso_level"],
+            "faces": len(low.faces), "ply_faces": len(mesh.faces), "texture_size": size}
 
 
-def export_run(scene: Scene, out_dir: Path, size: int) -> dict:
+def export_run(scene: Scene, out_dir: Path, size: int, mesh: MeshOptions = MeshOptions()) -> dict:
     """All exports; returns what was written (or why not) for metrics.json."""
     scene.field.eval()
-    written = {"turntable": export_turntable(scene, out_dir, size), "views": export_views(scene, out_dir, size),
-               "mesh": export_mesh(scene, out_dir)}
-    return {k: ({kk: str(vv) for kk, vv in v.items()} if isinstance(v, dict) else str(v)) for k, v in written.items()}
+    paths = {"turntable": export_turntable(scene, out_dir, size), "views": export_views(scene, out_dir, size)}
+    written = {k: ({kk: str(vv) for kk, vv in v.items()} if isinstance(v, dict) else str(v)) for k, v in paths.items()}
+    return {**written, "mesh": export_mesh(scene, out_dir, mesh)}

@@ -109,6 +109,12 @@ class StepInfo:
     @property
     def regularizers(self) -> dict[str, float]:
         return {k: v.item() for k, v in self.losses.items() if k not in ("loss", "distill")}
+    grad_norm: Tensor | None = None
+    """0-dim L2 norm of the gradient of every trained parameter, before Adam (on the device, like ``losses``)."""
+    render: Tensor | None = None
+    """(B, 3, H, W) this step's render in [0, 1], detached (for logs and live previews)."""
+    target: Tensor | None = None
+    """The rule's target ``x0 - grad`` in the prior's space, detached (``denoiser.decode`` shows it)."""
 
 
 def sample_shading(preset: Preset, generator: torch.Generator) -> str | Tensor:
@@ -167,10 +173,13 @@ def training_step(state: TrainState, preset: Preset, rule: Rule, denoiser: Denoi
     loss = distill + sum(regs.values())
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for g in state.optimizer.param_groups for p in g["params"]
+                                               if p.grad is not None])
     state.optimizer.step()
     state.step += 1
     losses = {"loss": loss, "distill": distill, **regs}
-    return StepInfo(state.step, update.levels.t, {k: v.detach() for k, v in losses.items()})
+    return StepInfo(state.step, update.levels.t, {k: v.detach() for k, v in losses.items()}, grad_norm.detach(),
+                    out.rgb.detach(), update.target.detach())
 
 
 class DivergenceWatch:

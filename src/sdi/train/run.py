@@ -2,7 +2,8 @@
 
 Layout of RUN_DIR: config.json and checkpoint.safetensors (written together, atomically: every N steps, every
 60 s of training and at the end), checkpoint.prev.safetensors (the one before), turntable.mp4/.gif, views.png
-(rgb / normals / opacity at held-out cameras), mesh.glb/.obj/.ply, metrics.json. The folder belongs to one run
+(rgb / normals / opacity at held-out cameras), mesh.glb (textured), mesh.obj/.mtl + mesh_albedo.png, mesh.ply
+(vertex colours), metrics.json, events.out.tfevents.* (TensorBoard). The folder belongs to one run
 (``sdi.run_folder``: refused when it holds another, locked against a second writer).
 """
 
@@ -28,6 +29,7 @@ from sdi.limits import RUN_MINIMUM, check_seed
 from sdi.run_folder import CHECKPOINT, CONFIG, PREVIOUS
 from sdi.train.checkpoint import (CheckpointError, load_checkpoint, pack_training_state, restore_training_state,
                                   save_checkpoint)
+from sdi.train.logs import RunLog
 from sdi.train.loop import SYNC_EVERY, StepInfo, TrainState, TrainingDiverged, new_state, train
 from sdi.train.presets import Preset, cpu_sized, get_preset, gpu_sized, views_line, with_views_per_step
 
@@ -118,17 +120,31 @@ def parse_device(spec: str) -> torch.device:
     return device
 
 
+def check_prior(config: RunConfig) -> None:
+    """The errors ``load_prior`` raises before loading anything: an unknown prior, words the embedded prior does
+    not know, no Stable Diffusion folder (``sdi serve`` reports them before a run waits in its queue)."""
+    if config.prior == "embedded":
+        from sdi.scene.catalog import parse_prompt
+
+        parse_prompt(config.prompt)
+    elif config.prior.startswith("sd:"):
+        from sdi.priors.stable_diffusion import resolve_weights
+
+        resolve_weights(config.prior[3:])
+    else:
+        raise ValueError(f"unknown prior {config.prior!r}; use 'embedded' or sd:PATH")
+
+
 def load_prior(config: RunConfig, preset: Preset) -> Denoiser:
     """The denoiser named by ``config.prior``; clear errors for unknown prompts and missing folders."""
+    check_prior(config)
     if config.prior == "embedded":
         from sdi.priors.multiview import build_multiview_prior
 
         return build_multiview_prior(config.prompt, preset.resolution, view_conditioning=preset.view_conditioning)
-    if config.prior.startswith("sd:"):
-        from sdi.priors.stable_diffusion import load_stable_diffusion
+    from sdi.priors.stable_diffusion import load_stable_diffusion
 
-        return load_stable_diffusion(config.prior[3:], device=run_device(config), options=preset.stable_diffusion)
-    raise ValueError(f"unknown prior {config.prior!r}; use 'embedded' or sd:PATH")
+    return load_stable_diffusion(config.prior[3:], device=run_device(config), options=preset.stable_diffusion)
 
 
 def save_state(
@@ -216,7 +232,7 @@ def train_run(
     preset: Preset | None = None,
     overwrite: bool = False,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
-    on_step: Callable[[StepInfo], None] | None = None,
+    on_step: Callable[[TrainState, StepInfo], None] | None = None,
 ) -> dict:
     """Train (or continue) the run in ``run_dir`` on ``run_device(config)``; returns the training metrics.
 
@@ -225,7 +241,8 @@ def train_run(
     The folder belongs to this run (``sdi.run_folder.claim``): refused when another process writes into it,
     or when it holds a run (unless ``resume``: continue it, or ``overwrite``: replace it once this run has its
     first checkpoint). Checkpoints come every ``preset.checkpoint_every`` steps, every ``checkpoint_seconds``
-    of training and at the last step. ``on_step(info)`` is called after every step (progress hooks)."""
+    of training and at the last step. TensorBoard event files go to ``run_dir`` (``sdi.train.logs``);
+    ``on_step(state, info)`` is called after every step (progress hooks)."""
     preset = preset if preset is not None else config.resolved_preset()
     device = run_device(config)
     with run_folder.claim(run_dir, resume, overwrite) as replaced:
@@ -243,15 +260,17 @@ def train_run(
         views = views_line(preset)
         desc = f"{preset.name} {config.prompt!r}" + (f" [{views}]" if views else "")
         bar = tqdm(total=preset.steps, initial=state.step, desc=desc, disable=not progress)
+        log = RunLog(run_dir, denoiser.decode, state.step, preset.steps)
         try:
             for info in train(state, preset, rule, denoiser, config.prompt):
+                log.log(info)
                 bar.update()
                 if state.step % SYNC_EVERY == 0 or state.step == preset.steps:  # reading the loss syncs a GPU
                     bar.set_postfix(loss=f"{info.loss:.3g}", t=info.t)
                 if checkpoints.due(state.step):
                     checkpoints.save(state, elapsed(), calls(), info.loss)
                 if on_step is not None:
-                    on_step(info)
+                    on_step(state, info)
         except TrainingDiverged as error:
             raise TrainingDiverged(f"{error}; {checkpoints.kept()}: "
                                    "lower the learning rate or change the seed, then --resume or start again") from None
@@ -259,6 +278,10 @@ def train_run(
             raise WriteError(f"{error}; {checkpoints.kept()}", error.filename, error.errno) from None
         finally:
             bar.close()
+            if checkpoints.own:
+                log.close()
+            else:  # no checkpoint of this run: it leaves nothing in the folder
+                log.discard()
     return {"steps": state.step, "start_step": start_step, "wall_time_s": elapsed(), "denoiser_calls": calls(),
             "final_loss": info.loss if info else extra.get("final_loss"), "preset": preset.name, "rule": rule.name,
             "device": str(device), "peak_memory_mb": peak_memory_mb(device)}
