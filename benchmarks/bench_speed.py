@@ -181,25 +181,25 @@ def bench_rule(name: str, prior, resolution: int, args) -> dict:
             update = distill_step(rule, counter, z, at, iters, PROMPT, gen, state, cameras)
         update.loss(z).backward()
 
-    for step in range(args.warmup):
-        iteration(0, 1)  # t = 0.98: the longest SDI inversion
+    return timed(name, lambda step: iteration(step, args.iters), lambda: iteration(0, 1), counter, args)
+
+
+def timed(name: str, iteration, warmup, counter: CountingDenoiser, args) -> dict:
+    """One row: ``warmup()`` ``args.warmup`` times, then ``iteration(step)`` for the ``args.iters`` timed steps;
+    seconds, UNet calls and evaluations per iteration, peak memory, the 10k-step projection."""
+    for _ in range(args.warmup):
+        warmup()
     sync(args.device)
     if torch.device(args.device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     counter.calls = counter.evaluations = 0
     start = time.perf_counter()
     for step in range(args.iters):
-        iteration(step, args.iters)
+        iteration(step)
     sync(args.device)
     seconds = (time.perf_counter() - start) / args.iters
-    return dict(
-        rule=name,
-        s_per_it=seconds,
-        calls=counter.calls / args.iters,
-        evals=counter.evaluations / args.iters,
-        peak_gb=peak_memory_bytes(args.device) / 2**30,
-        min_10k=seconds * 10_000 / 60,
-    )
+    return dict(rule=name, s_per_it=seconds, calls=counter.calls / args.iters, evals=counter.evaluations / args.iters,
+                peak_gb=peak_memory_bytes(args.device) / 2**30, min_10k=seconds * 10_000 / 60)
 
 
 def preset_for(name: str, args):
@@ -229,20 +229,12 @@ def bench_preset(name: str, prior, resolution: int, args) -> dict:
     preset = preset_for(name, args)
     counter, rule = CountingDenoiser(prior), preset.rule()
     state = new_state(preset, seed=0, device=args.device)
-    for _ in range(args.warmup):
+
+    def warmup() -> None:
         training_step(state, preset, rule, counter, PROMPT)
-    state.step = 0  # the timed iterations walk the whole t schedule
-    sync(args.device)
-    if torch.device(args.device).type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    counter.calls = counter.evaluations = 0
-    start = time.perf_counter()
-    for _ in range(args.iters):
-        training_step(state, preset, rule, counter, PROMPT)
-    sync(args.device)
-    seconds = (time.perf_counter() - start) / args.iters
-    return dict(rule=name, s_per_it=seconds, calls=counter.calls / args.iters, evals=counter.evaluations / args.iters,
-                peak_gb=peak_memory_bytes(args.device) / 2**30, min_10k=seconds * 10_000 / 60)
+        state.step = 0  # the timed iterations walk the whole t schedule
+
+    return timed(name, lambda step: training_step(state, preset, rule, counter, PROMPT), warmup, counter, args)
 
 
 def preset_rows(names: list[str], prior, resolution: int, args) -> list[dict]:

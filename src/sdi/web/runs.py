@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from sdi.run_folder import read_json
 
 DOWNLOADS = ("mesh.glb", "mesh.obj", "mesh.mtl", "mesh_albedo.png", "mesh.ply", "turntable.mp4", "turntable.gif",
              "views.png", "metrics.json", "config.json")
@@ -25,25 +26,16 @@ class RunSummary:
     modified: float
 
 
-def _read_json(path: Path) -> dict:
-    """The JSON object in ``path``, or {} when it is missing or unreadable (a run being written, a stray file)."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def list_runs(root: Path) -> list[RunSummary]:
     """Run folders directly under ``root`` (those with a readable config.json), most recently changed first."""
     if not root.is_dir():
         return []
     runs = []
     for folder in root.iterdir():
-        run = _read_json(folder / "config.json").get("run") if folder.is_dir() else None
+        run = read_json(folder / "config.json").get("run") if folder.is_dir() else None
         if not isinstance(run, dict):
             continue
-        steps = _read_json(folder / "metrics.json").get("steps")
+        steps = read_json(folder / "metrics.json").get("steps")
         modified = max(p.stat().st_mtime for p in (folder, folder / "config.json"))
         runs.append(RunSummary(folder.name, folder, str(run.get("prompt", "")), str(run.get("preset", "")),
                                str(run.get("prior", "")), steps, modified))
