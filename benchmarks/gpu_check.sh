@@ -50,7 +50,6 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     export PYTHONPATH="/tmp/sdi-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$ROOT/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export SDI_CACHE=${SDI_CACHE:-/tmp/sdi-cache-gpu-check}
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$WORK/nvidia-smi.txt" 2>&1
 
 # run_part NAME CAP_SECONDS COMMAND...: runs under a time limit of min(CAP, what the budget has left).

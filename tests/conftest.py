@@ -1,10 +1,9 @@
-"""Shared fixtures: one on-disk cache for the session, tiny priors and one tiny `sdi generate` run."""
+"""Shared fixtures: tiny priors, a tiny preset and one tiny `sdi generate` run."""
 
 from __future__ import annotations
 
 import contextlib
 import io
-from pathlib import Path
 
 import pytest
 
@@ -14,21 +13,25 @@ TINY_RESOLUTION = 16
 """Render (and embedded prior) resolution of every tiny 3D run."""
 
 
-@pytest.fixture(scope="session", autouse=True)
-def sdi_cache(tmp_path_factory) -> Path:
-    """SDI_CACHE in a temporary folder shared by the session: the multi-view prior renders once."""
-    folder = tmp_path_factory.mktemp("sdi-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SDI_CACHE", str(folder))
-        yield folder
+@pytest.fixture
+def catalog_prior():
+    """The embedded prior of TINY_PROMPT (what `sdi generate` loads); it renders at whatever size it is asked."""
+    from sdi.priors.catalog import CatalogPrior
+
+    return CatalogPrior(TINY_PROMPT)
 
 
-@pytest.fixture(scope="session")
-def multiview_prior(sdi_cache):
-    """The embedded prior of TINY_PROMPT at TINY_RESOLUTION (what `sdi generate --resolution 16` loads)."""
-    from sdi.priors.multiview import build_multiview_prior
+@pytest.fixture
+def tiny_preset(monkeypatch):
+    """A registered 6-step preset ("tiny": one view of TINY_RESOLUTION, 16 samples, checkpoint every 2)."""
+    from dataclasses import replace
 
-    return build_multiview_prior(TINY_PROMPT, TINY_RESOLUTION)
+    from sdi.train.presets import FAST, PRESETS
+
+    preset = replace(FAST, name="tiny", resolution=TINY_RESOLUTION, num_samples=16, batch=1, steps=6,
+                     checkpoint_every=2)
+    monkeypatch.setitem(PRESETS, "tiny", preset)
+    return preset
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +45,7 @@ def exemplar_prior():
 
 
 @pytest.fixture(scope="session")
-def generated_run(tmp_path_factory, sdi_cache):
+def generated_run(tmp_path_factory):
     """`sdi generate "a red cube" --steps 3 --resolution 16`, run once: (run dir, exit status, stdout)."""
     from sdi.cli.main import main
 

@@ -270,7 +270,7 @@ def test_ray_missing_is_one_line(tmp_path, monkeypatch):
 
 def test_a_worker_imports_job_functions_from_the_fixed_list_only(tmp_path):
     (tmp_path / "evil.py").write_text("raise SystemExit('imported')\n")
-    with pytest.raises(ValueError, match="job functions come from sdi.bench.suites, sdi.bench.selftest only"):
+    with pytest.raises(ValueError, match="job functions come from sdi.bench.suites, sdi.bench.modes, sdi.bench.selftest only"):
         run_grid([Job("toy", "sdi", "", 0)], "evil:run", tmp_path)
     # The worker takes its function from its command line, never from the spec file in the output folder.
     spec = tmp_path / "job.spec.json"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_PROMPT, TINY_RESOLUTION  # the session's cached tiny prior
+from conftest import TINY_PROMPT, TINY_RESOLUTION
 from sdi.bench import suites
 from sdi.bench.runner import read_runs, write_runs
 from sdi.cli.main import main
@@ -51,7 +51,7 @@ def test_2d_suite_on_the_patch_prior_measures_blur_off_the_prior(tmp_path):
         suites.grid_2d(prior="gaussian")
 
 
-def test_3d_suite_trains_and_scores_against_ground_truth(tmp_path, multiview_prior):
+def test_3d_suite_trains_and_scores_against_ground_truth(tmp_path, catalog_prior):
     jobs = suites.grid_3d(tmp_path / "runs", objects=(TINY_PROMPT,), seeds=1, steps=3, methods=("sds",),
                           resolution=TINY_RESOLUTION)
     rows = [{"status": "ok", "method": "sds", "prompt": TINY_PROMPT, **suites.job_3d(jobs[0])}]  # in-process
@@ -88,7 +88,7 @@ def _load_script(name: str):
     return module
 
 
-def test_fit_trains_an_unregistered_preset_through_train_run(tmp_path, multiview_prior):
+def test_fit_trains_an_unregistered_preset_through_train_run(tmp_path, catalog_prior):
     from sdi.distill.sds import sds
     from sdi.train.loop import new_state
     from sdi.train.run import RunConfig
@@ -103,7 +103,7 @@ def test_fit_trains_an_unregistered_preset_through_train_run(tmp_path, multiview
     assert torch.isfinite(scene.field.grid).all() and not torch.equal(scene.field.grid, initial.field.grid)
 
 
-def test_eq8_ablation_inversion_error_is_finite(multiview_prior):
+def test_eq8_ablation_inversion_error_is_finite(catalog_prior):
     params = {"size": TINY_RESOLUTION, "views": 2, "t_values": [0.3, 0.7], "inv_cfg": -7.5, "fwd_cfg": 7.5}
     for name in ("ddim-inversion", "random-resampled"):
         job = suites.Job("eq8", name, TINY_PROMPT, 0, {**params, "estimator": name})
@@ -161,3 +161,19 @@ def test_sd_suite_tiny_sd_and_tiny_clip(tmp_path):
     assert 0 <= out["clip_score"] <= 100 and all(0 <= out[f"iqa_{k}"] <= 100 for k in ("quality", "sharpness", "real"))
     with pytest.raises(FileNotFoundError, match="--sd"):
         suites.grid_sd(tmp_path, str(tmp_path / "missing"), str(clip))
+
+
+def test_modes_table_trains_each_method_and_reports_mode_or_mean(tmp_path):
+    from sdi.bench import modes
+
+    jobs = modes.grid_modes(tmp_path / "runs", objects=("a red cube with white stripes",), seeds=1, steps=2)
+    assert [j.method for j in jobs] == list(modes.MODE_METHODS)
+    assert repr(modes.mode_preset("sds-threestudio", 2).rule()).count("7.5") >= 1  # CFG 7.5, not threestudio's 100
+    rows = [{"status": "ok", "method": j.method, "prompt": j.prompt, **modes.job_modes(j)} for j in jobs]
+    for row in rows:
+        assert row["variant"] in range(16) and row["rms_to_nearest"] > 0 and row["rms_to_mean"] > 0
+        assert all(math.isfinite(row[m]) for m in modes.METRICS)
+    report = modes.modes_report(rows, "python benchmarks/bench_modes.py --steps 2", 1.0, 1)
+    assert "| sdi | 1 |" in report and "SDI / sds masked detail" in report and "bench_modes.py" in report
+    with pytest.raises(ValueError, match="unknown method"):
+        modes.grid_modes(tmp_path, methods=("vsd",))

@@ -1,15 +1,13 @@
-"""Cameras, the procedural catalog, its ground-truth renderer and the cached multi-view prior."""
+"""Cameras, the procedural catalog and its ground-truth renderer."""
 
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
 
-from sdi.priors.multiview import ExemplarGrid, build_multiview_prior, multiview_cache_path
-from sdi.scene.cameras import CameraSampling, Cameras, cameras_along, held_out_cameras, orbit_cameras, turntable_cameras, view_bin
+from sdi.scene.cameras import CameraSampling, Cameras, held_out_cameras, orbit_cameras, turntable_cameras, view_bin
 from sdi.scene.catalog import (
     COLORS,
     PATTERNS,
@@ -24,7 +22,6 @@ from sdi.scene.catalog import (
 from sdi.scene.ground_truth import render_ground_truth
 
 FRONT = orbit_cameras(torch.tensor([0.0]), torch.tensor([0.0]), 1.75, 50.0, 48)
-TINY_GRID = ExemplarGrid(azimuths_deg=(0.0, 90.0, 180.0, 270.0), elevations_deg=(10.0,))
 
 
 # ---------------------------------------------------------------- cameras
@@ -204,56 +201,3 @@ def test_sphere_mask_area_matches_projected_disk():
     expected = math.pi * radius_px**2
     torch.testing.assert_close(mask.sum(dim=(1, 2, 3)), torch.full((2,), expected), rtol=0.02, atol=0)
     assert ((mask > 0) & (mask < 1)).any()  # supersampling gives fractional edges
-
-
-# ---------------------------------------------------------------- multi-view prior
-
-
-def _predictions(prior, prompt):
-    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    return prior.predict_eps(x, torch.tensor([400, 400]), [prompt, ""], held_out_cameras(2, 16))
-
-
-def test_multiview_cache_round_trip(tmp_path):
-    prompt = "a yellow cone with blue stripes"
-    kwargs = dict(size=16, cache_dir=tmp_path, grid=TINY_GRID, n_distractors=2)
-    built = build_multiview_prior(prompt, **kwargs)
-    path = multiview_cache_path(prompt, 16, tmp_path, TINY_GRID, 2)
-    assert path.exists() and list(tmp_path.iterdir()) == [path]  # no temporary files left over
-    loaded = build_multiview_prior(prompt, **kwargs)
-    assert built.images.shape == (12, 3, 16, 16) and built.images.min() >= -1 and built.images.max() <= 1
-    assert prompt in built.prompts and len(built.prompts) == 3
-    assert torch.equal(_predictions(built, prompt), _predictions(loaded, prompt))
-    # any spelling of the prompt selects the same exemplars
-    assert torch.equal(_predictions(loaded, "A Yellow Cone, with Blue Stripes."), _predictions(loaded, prompt))
-
-
-def test_corrupt_cache_is_rebuilt_with_warning(tmp_path):
-    prompt = "a black capsule"
-    kwargs = dict(size=16, cache_dir=tmp_path, grid=TINY_GRID, n_distractors=1)
-    reference = _predictions(build_multiview_prior(prompt, **kwargs), prompt)
-    path = multiview_cache_path(prompt, 16, tmp_path, TINY_GRID, 1)
-    path.write_bytes(b"not a safetensors file")
-    with pytest.warns(UserWarning, match="rebuilding"):
-        rebuilt = build_multiview_prior(prompt, **kwargs)
-    assert torch.equal(_predictions(rebuilt, prompt), reference)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        build_multiview_prior(prompt, **kwargs)  # the rebuilt file loads cleanly
-
-
-def test_view_conditioning_kernel_and_bins(tmp_path):
-    prompt = "a red torus"
-    kwargs = dict(size=16, cache_dir=tmp_path, grid=TINY_GRID, n_distractors=1)
-    kernel = build_multiview_prior(prompt, **kwargs, view_concentration=5.0)
-    bins = build_multiview_prior(prompt, **kwargs, view_conditioning="bins")
-    idx = kernel.members(prompt)
-    front, overhead = cameras_along(torch.tensor([[0.0, 0.2, 1.0]])), cameras_along(torch.tensor([[0.0, 1.0, 0.1]]))
-    kernel_log = kernel.log_prior(idx, front)[0]
-    assert kernel_log.argmax() == 0 and kernel_log[0] - kernel_log[2] > 5  # front exemplar favoured over back
-    bins_log = bins.log_prior(idx, front)[0]
-    assert bins_log[0] == 0 and torch.isinf(bins_log[1:]).all()
-    assert torch.all(bins.log_prior(idx, overhead) == 0)  # no overhead exemplar: fall back to all
-    assert _predictions(bins, prompt).isfinite().all()
-    with pytest.raises(ValueError, match="view_conditioning"):
-        build_multiview_prior(prompt, **kwargs, view_conditioning="nearest")

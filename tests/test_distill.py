@@ -323,12 +323,13 @@ def test_rule_contract_on_the_exemplar_prior(exemplar_prior, name):
 
 
 @pytest.mark.parametrize("name", list(RULES))
-def test_rule_contract_on_the_multiview_prior(multiview_prior, name):
+def test_rule_contract_on_the_catalog_prior(catalog_prior, name):
     from sdi.scene.cameras import CameraSampling
+    from sdi.scene.ground_truth import render_ground_truth
 
     cameras = CameraSampling().sample(2, 16, torch.Generator().manual_seed(0))
-    x0 = multiview_prior.images[:2].float() * 0.8
-    _contract(RULES[name](), multiview_prior, x0, "a red cube", cameras)
+    x0 = (render_ground_truth(catalog_prior.target, cameras).rgb * 2 - 1) * 0.8
+    _contract(RULES[name](), catalog_prior, x0, "a red cube", cameras)
 
 
 def test_every_rule_module_is_in_the_contract():

@@ -22,7 +22,7 @@ from sdi.train.loop import TrainingDiverged, new_state, train, training_step
 from sdi.train.presets import FAST, PRESETS, SDI_PAPER, cpu_sized, gpu_sized
 from sdi.train.run import CHECKPOINT, RunConfig, restore_state, run_device, save_state, train_run
 
-TINY_PROMPT, TINY_RESOLUTION = "a red cube", 16  # as in conftest.py (the multiview_prior fixture)
+TINY_PROMPT, TINY_RESOLUTION = "a red cube", 16  # as in conftest.py
 
 
 def tiny(preset, steps: int = 3, **overrides):
@@ -37,11 +37,11 @@ def params(state) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
-def test_every_preset_trains_a_few_steps_on_cpu(multiview_prior, name):
+def test_every_preset_trains_a_few_steps_on_cpu(catalog_prior, name):
     preset = tiny(PRESETS[name])
     state = new_state(preset, seed=0)
     before = params(state)
-    denoiser = CountingDenoiser(multiview_prior)
+    denoiser = CountingDenoiser(catalog_prior)
     infos = list(train(state, preset, preset.rule(), denoiser, TINY_PROMPT))
     assert [i.step for i in infos] == [1, 2, 3] and state.step == 3
     assert all(math.isfinite(i.loss) and math.isfinite(i.distill) for i in infos)
@@ -97,7 +97,7 @@ def test_run_device_defaults_and_one_line_errors(monkeypatch):
         run_device(RunConfig(TINY_PROMPT, prior=sd, device="cuda:1"))
 
 
-def test_chunked_render_gives_the_same_training_step(multiview_prior, monkeypatch):
+def test_chunked_render_gives_the_same_training_step(catalog_prior, monkeypatch):
     renders = []
     real = loop.render
 
@@ -110,7 +110,7 @@ def test_chunked_render_gives_the_same_training_step(multiview_prior, monkeypatc
     for chunk in (None, 37):  # 37 does not divide the 16 x 16 rays: the last chunk is partial
         preset = tiny(FAST, steps=1, chunk=chunk)
         states.append(new_state(preset, seed=0))
-        training_step(states[-1], preset, preset.rule(), multiview_prior, TINY_PROMPT)
+        training_step(states[-1], preset, preset.rule(), catalog_prior, TINY_PROMPT)
     (none, full), (chunk, chunked) = renders
     assert none is None and chunk == 37
     torch.testing.assert_close(chunked.rgb, full.rgb)
@@ -171,15 +171,15 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, tiny_preset, monkey
     assert_same_checkpoint(tmp_path / "whole", tmp_path / "killed")
 
 
-def test_resume_by_driving_the_generator(tmp_path, tiny_preset, multiview_prior):
+def test_resume_by_driving_the_generator(tmp_path, tiny_preset, catalog_prior):
     """Stop the ``train`` generator after k steps, pack/restore through a checkpoint, continue."""
     preset, rule = tiny_preset, tiny_preset.rule()
     whole = new_state(preset, seed=2)
-    for _ in train(whole, preset, rule, multiview_prior, TINY_PROMPT):
+    for _ in train(whole, preset, rule, catalog_prior, TINY_PROMPT):
         pass
 
     first = new_state(preset, seed=2)
-    steps = train(first, preset, rule, multiview_prior, TINY_PROMPT)
+    steps = train(first, preset, rule, catalog_prior, TINY_PROMPT)
     for _ in range(4):
         next(steps)
     steps.close()
@@ -187,7 +187,7 @@ def test_resume_by_driving_the_generator(tmp_path, tiny_preset, multiview_prior)
     resumed, extra = restore_state(tmp_path, preset, seed=99, device="cpu")  # the seed does not matter: the
     assert resumed.step == 4 and extra["config"]["seed"] == 2  # generator is restored; tensors mapped to the CPU
     assert resumed.scene.device == torch.device("cpu") and resumed.generator.device == torch.device("cpu")
-    for _ in train(resumed, preset, rule, multiview_prior, TINY_PROMPT):
+    for _ in train(resumed, preset, rule, catalog_prior, TINY_PROMPT):
         pass
     for a, b in zip(params(whole), params(resumed)):
         assert torch.equal(a, b)

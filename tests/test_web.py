@@ -29,7 +29,7 @@ def require_browser() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, sdi_cache):
+def server(tmp_path_factory):
     """`sdi serve` on a free port over an empty runs folder: (URL, runs folder, process)."""
     require_browser()
     runs = tmp_path_factory.mktemp("serve") / "runs"

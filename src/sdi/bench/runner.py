@@ -40,7 +40,7 @@ from sdi.errors import UserError
 ROW_COLUMNS = ("key", "suite", "method", "prompt", "seed", "params", "status", "error", "wall_s")
 """The fixed leading columns of ``runs.csv``; a job function may not return metrics with these names."""
 
-JOB_MODULES = ("sdi.bench.suites", "sdi.bench.selftest")
+JOB_MODULES = ("sdi.bench.suites", "sdi.bench.modes", "sdi.bench.selftest")
 """The only modules job functions are imported from."""
 
 Metric = float | int | str

@@ -252,12 +252,12 @@ def eq8_key(t: float) -> str:
 
 def job_eq8(job: Job) -> dict:
     """Eq. 8 residual (rescaled to x0, ``eq8_residual``) of one kappa estimator at every t, on ground-truth
-    renders of the job's catalog object (as x0 in [-1, 1]) at held-out cameras, under the multi-view prior."""
+    renders of the job's catalog object (as x0 in [-1, 1]) at held-out cameras, under the embedded (catalog) prior."""
     import torch
 
     from sdi.distill.noise import NoiseQuery, eq8_residual
     from sdi.distill.timesteps import to_level
-    from sdi.priors.multiview import build_multiview_prior
+    from sdi.priors.catalog import build_catalog_prior
     from sdi.scene.cameras import held_out_cameras
     from sdi.scene.catalog import parse_prompt
     from sdi.scene.ground_truth import render_ground_truth
@@ -266,7 +266,7 @@ def job_eq8(job: Job) -> dict:
     size, inv_cfg, fwd_cfg = int(p["size"]), float(p["inv_cfg"]), float(p["fwd_cfg"])
     cameras = held_out_cameras(int(p["views"]), size)
     x0 = render_ground_truth(parse_prompt(job.prompt), cameras, supersample=2).rgb * 2 - 1
-    prior = build_multiview_prior(job.prompt, size)
+    prior = build_catalog_prior(job.prompt)
     kappa_of = estimator(p["estimator"], inv_cfg)
     generator, state, out = torch.Generator().manual_seed(job.seed), {}, {}
     start = time.perf_counter()

@@ -10,8 +10,9 @@ import os
 import sys
 
 from sdi.cli import bench, catalog, export, generate, serve, twod
-from sdi.cli.args import Parser, UsageError
+from sdi.cli.args import Parser, UsageError, at_least
 from sdi.errors import UserError
+from sdi.threads import DEFAULT_THREADS, configure_threads
 
 SUBCOMMANDS = {"generate": generate, "2d": twod, "export": export, "catalog": catalog, "bench": bench, "serve": serve}
 
@@ -22,6 +23,8 @@ EXTRAS = {"diffusers": "sd", "transformers": "sd", "huggingface_hub": "sd", "acc
 def build_parser() -> Parser:
     parser = Parser(prog="sdi", description="Score Distillation via Inversion (SDI)",
                     epilog="errors are one line; set SDI_TRACEBACK=1 to see where one came from")
+    parser.add_argument("--threads", type=at_least(1), default=None, metavar="N",
+                        help=f"CPU threads of torch (default: $SDI_THREADS, else {DEFAULT_THREADS}; see README, Threads)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in SUBCOMMANDS.items():
         module.add_parser(sub.add_parser(name, help=module.__doc__.splitlines()[0]))
@@ -34,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         return report(error.prog, str(error))
     try:
+        configure_threads(args.threads)
         return args.run(args) or 0
     except KeyboardInterrupt:
         print(f"sdi {args.command}: interrupted; outputs written so far are intact", file=sys.stderr)

@@ -16,9 +16,13 @@ from sdi.diffusion.noise_sampler import NoiseSampler
 @runtime_checkable
 class CameraBatch(Protocol):
     """What a denoiser may read of the cameras it is conditioned on (``sdi.scene.cameras.Cameras``
-    is one): a batch of B cameras, their unit view directions from the object to each camera and
-    their (B, 2) elevation and azimuth in degrees (exactly as given where the cameras were built
-    from angles, so that view bins at 45 deg boundaries see 45, not 44.99999)."""
+    is one): a batch of B whole pinhole cameras (camera-to-world ``c2w`` (B, 4, 4), OpenGL convention,
+    and vertical field of view ``fovy`` (B,) in radians), their unit view directions from the object to
+    each camera and their (B, 2) elevation and azimuth in degrees (exactly as given where the cameras
+    were built from angles, so that view bins at 45 deg boundaries see 45, not 44.99999)."""
+
+    c2w: Tensor
+    fovy: Tensor
 
     def __len__(self) -> int: ...
 

@@ -4,8 +4,8 @@ For data {X_i} with weights pi_i, the diffusion model of that empirical distribu
 closed-form posterior mean E[x0 | x_t] = sum_i softmax_i(log pi_i - |x_t - sqrt(a) X_i|^2 / 2(1 - a)) X_i,
 and eps = (x_t - sqrt(a) E[x0 | x_t]) / sqrt(1 - a). It needs no training, and it is the reference
 against which the rest of SDI is tested. Prompts are the images' labels ("" = all images); with
-per-image view directions, a von Mises-Fisher kernel over the camera direction weights pi_i, which
-makes it a multi-view prior.
+per-image view directions, a von Mises-Fisher kernel over the camera direction weights pi_i. The
+embedded 3D prior (``sdi.priors.catalog``) uses the same posterior over renders made at the query camera.
 """
 
 from __future__ import annotations
@@ -17,6 +17,37 @@ from torch import Tensor
 
 from sdi.diffusion.denoiser import CameraBatch
 from sdi.diffusion.schedules import sd_alphas_cumprod
+
+
+def alpha_at(alphas_cumprod: Tensor, t: Tensor) -> Tensor:
+    """a(t) (B,) float64 of labels t (B,); a negative label (the authors' -99 of the clean image) reads a(0)."""
+    return alphas_cumprod[t.long().cpu().clamp(min=0)].to(torch.float64)
+
+
+def exemplar_posterior_mean(x: Tensor, alpha: Tensor, exemplars: Tensor, sq_norms: Tensor,
+                            log_prior: Tensor | None = None, smoothing: float = 0.0) -> Tensor:
+    """E[x0 | x_t = x] (B, D) for exemplars (n, D), or per query (B, n, D), with squared norms (n,) or (B, n),
+    levels alpha (B,) and log weights log pi (B, n) or None (uniform). Everything float64.
+
+    ``smoothing`` s0 > 0: the data are the exemplars plus N(0, s0^2 I) (a kernel density estimate: a model that
+    has not memorized its data below noise s0). x_t = sqrt(a) X_k + s eps with s^2 = a s0^2 + 1 - a, and
+    E[x0 | x_t, k] = X_k + sqrt(a) s0^2 / s^2 (x_t - sqrt(a) X_k)."""
+    a = alpha.double().reshape(-1, 1)
+    variance = a * smoothing**2 + 1 - a
+    # |x - sqrt(a) X|^2 = |x|^2 - 2 sqrt(a) x.X + a |X|^2 ; |x|^2 is constant per row and drops out.
+    dots = x @ exemplars.T if exemplars.ndim == 2 else torch.einsum("bd,bnd->bn", x, exemplars)
+    logits = (2 * a.sqrt() * dots - a * sq_norms) / (2 * variance)
+    weights = torch.softmax(logits if log_prior is None else logits + log_prior, dim=1)
+    mean = weights @ exemplars if exemplars.ndim == 2 else torch.einsum("bn,bnd->bd", weights, exemplars)
+    if smoothing == 0.0:
+        return mean
+    return mean + a.sqrt() * smoothing**2 / variance * (x - a.sqrt() * mean)
+
+
+def eps_of_mean(x_t: Tensor, alpha: Tensor, mean: Tensor) -> Tensor:
+    """eps = (x_t - sqrt(a) E[x0 | x_t]) / sqrt(1 - a), in x_t's dtype; alpha (B,) float64."""
+    a = alpha.reshape(-1, 1, 1, 1)
+    return ((x_t.double() - a.sqrt() * mean) / (1 - a).sqrt()).to(x_t.dtype)
 
 
 class UnknownPrompt(ValueError):
@@ -45,6 +76,7 @@ class ExemplarPrior:
         self.alphas_cumprod = sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
         self.views = None if views is None else torch.nn.functional.normalize(views.double(), dim=-1)
         self.view_concentration = view_concentration
+        self._blocks: dict[str, tuple[Tensor, Tensor]] = {}
         self._index = {name: torch.tensor([i for i, l in enumerate(self.labels) if l == name]) for name in set(labels)}
 
     @property
@@ -69,13 +101,18 @@ class ExemplarPrior:
 
     def posterior_mean(self, x_t: Tensor, alpha: Tensor, prompt: str, cameras: CameraBatch | None = None) -> Tensor:
         """E[x0 | x_t] under the exemplars of ``prompt``; alpha (B,) the level of each x_t."""
-        idx = self.members(prompt)
-        a = alpha.double().reshape(-1, 1)
-        x = x_t.double().flatten(1)
-        # |x - sqrt(a) X|^2 = |x|^2 - 2 sqrt(a) x.X + a |X|^2 ; |x|^2 is constant per row and drops out.
-        logits = (2 * a.sqrt() * (x @ self.flat[idx].T) - a * self.sq_norms[idx]) / (2 * (1 - a))
-        weights = torch.softmax(logits + self.log_prior(idx, cameras), dim=1)
-        return (weights @ self.flat[idx]).reshape(x_t.shape)
+        flat, sq_norms = self._block(prompt)
+        mean = exemplar_posterior_mean(x_t.double().flatten(1), alpha, flat, sq_norms,
+                                       self.log_prior(self.members(prompt), cameras))
+        return mean.reshape(x_t.shape)
+
+    def _block(self, prompt: str) -> tuple[Tensor, Tensor]:
+        """The exemplars of ``prompt`` (n, D) and their squared norms, gathered once per prompt (a fresh gather
+        per call is a large block allocated and freed every call)."""
+        if prompt not in self._blocks:
+            idx = self.members(prompt)
+            self._blocks[prompt] = (self.flat[idx], self.sq_norms[idx])
+        return self._blocks[prompt]
 
     def project(self, x: Tensor, prompt: str) -> Tensor:
         """The nearest sample of the prior: the nearest image of ``prompt`` to each x (B, C, H, W)."""
@@ -87,10 +124,8 @@ class ExemplarPrior:
         self, x_t: Tensor, t: Tensor, prompts: Sequence[str], cameras: CameraBatch | None = None
     ) -> Tensor:
         """eps = (x_t - sqrt(a) E[x0 | x_t]) / sqrt(1 - a), one prediction per prompt."""
-        alpha = self.alphas_cumprod[t.long().cpu()].to(torch.float64).expand(x_t.shape[0])
-        a = alpha.reshape(-1, 1, 1, 1)
-        out = [(x_t.double() - a.sqrt() * self.posterior_mean(x_t, alpha, p, cameras)) / (1 - a).sqrt() for p in prompts]
-        return torch.stack(out).to(x_t.dtype)
+        alpha = alpha_at(self.alphas_cumprod, t).expand(x_t.shape[0])
+        return torch.stack([eps_of_mean(x_t, alpha, self.posterior_mean(x_t, alpha, p, cameras)) for p in prompts])
 
     def encode(self, image: Tensor) -> Tensor:
         return image

@@ -16,9 +16,6 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-CATALOG_VERSION = "1"
-"""Bump when a shape, color or pattern changes; it keys the multi-view prior's disk cache."""
-
 BOUNDING_RADIUS = 0.48
 """Every catalog shape lies inside this sphere around the origin."""
 

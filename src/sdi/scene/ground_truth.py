@@ -9,12 +9,21 @@ a view-independent radiance field can match it exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, Sequence
 
 import torch
 from torch import Tensor
 
 from sdi.scene.cameras import Cameras
-from sdi.scene.catalog import BOUNDING_RADIUS, CatalogObject
+from sdi.scene.catalog import BOUNDING_RADIUS
+
+
+class Surface(Protocol):
+    """What is rendered: a signed distance and an albedo (a ``CatalogObject`` or one of its ``Variant``s)."""
+
+    def sdf(self, points: Tensor) -> Tensor: ...
+
+    def albedo(self, points: Tensor) -> Tensor: ...
 
 LIGHT_DIRECTION = (0.4, 0.7, 0.6)
 """Direction towards the light, world space (normalized before use)."""
@@ -53,7 +62,7 @@ def _bounding_interval(origins: Tensor, directions: Tensor, radius: float) -> tu
     return t_near, torch.where(disc > 0, t_far, t_near - 1)
 
 
-def sphere_trace(obj: CatalogObject, origins: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
+def sphere_trace(obj: Surface, origins: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
     """Hit mask (N,) and distance t (N,) along unit rays (N, 3) to the object's surface (Hart 1996)."""
     t, t_exit = _bounding_interval(origins, directions, BOUNDING_RADIUS + 0.02)  # a margin over the shapes' own bound
     idx = torch.nonzero(t <= t_exit).squeeze(1)
@@ -73,7 +82,7 @@ def sphere_trace(obj: CatalogObject, origins: Tensor, directions: Tensor) -> tup
     return hit, t
 
 
-def sdf_normals(obj: CatalogObject, points: Tensor) -> Tensor:
+def sdf_normals(obj: Surface, points: Tensor) -> Tensor:
     """Unit normals (N, 3): the normalized SDF gradient, by central differences."""
     offsets = torch.eye(3, dtype=points.dtype, device=points.device) * NORMAL_EPSILON
     grad = torch.stack([obj.sdf(points + o) - obj.sdf(points - o) for o in offsets], dim=-1)
@@ -86,28 +95,42 @@ def shade(albedo: Tensor, normals: Tensor) -> Tensor:
     return albedo * (AMBIENT + DIFFUSE * (normals @ light).clamp(min=0))[:, None]
 
 
-def _render_rays(obj: CatalogObject, origins: Tensor, directions: Tensor) -> Tensor:
-    """Per-ray (N, 8): rgb, mask, normal, depth, for rays (N, 3)."""
-    hit, t = sphere_trace(obj, origins, directions)
-    points = origins + t[:, None] * directions
-    normals = sdf_normals(obj, points) * hit[:, None]
-    mask = hit.to(origins.dtype)[:, None]
-    rgb = shade(obj.albedo(points), normals) * mask + (1 - mask)
-    return torch.cat([rgb, mask, normals, t[:, None] * mask], dim=-1)
+def _trace_and_paint(shapes: Sequence[Surface], origins: Tensor, directions: Tensor) -> tuple[Tensor, Tensor]:
+    """Per ray (N, 3): geometry (N, 5) = mask, normal, depth, and colours (K, N, 3) over white, one per surface of
+    ``shapes``, which all share the first one's geometry (one sphere trace; normals and K albedos at the hits only)."""
+    hit, t = sphere_trace(shapes[0], origins, directions)
+    idx = torch.nonzero(hit).squeeze(1)
+    points = origins[idx] + t[idx, None] * directions[idx]
+    normals = sdf_normals(shapes[0], points)
+    geometry = origins.new_zeros(len(origins), 5)
+    geometry[idx] = torch.cat([torch.ones_like(t[idx, None]), normals, t[idx, None]], dim=-1)
+    rgb = origins.new_ones(len(shapes), len(origins), 3)
+    rgb[:, idx] = torch.stack([shade(surface.albedo(points), normals) for surface in shapes])
+    return geometry, rgb
 
 
-def render_ground_truth(obj: CatalogObject, cameras: Cameras, supersample: int = 1) -> GroundTruthRender:
+def render_ground_truth(obj: Surface, cameras: Cameras, supersample: int = 1) -> GroundTruthRender:
     """Sphere-traced renders (B, ., H, W) of ``obj``; ``supersample`` s traces s x s rays per pixel."""
+    return render_shared_geometry([obj], cameras, supersample)[0]
+
+
+def render_shared_geometry(shapes: Sequence[Surface], cameras: Cameras, supersample: int = 1) -> list[GroundTruthRender]:
+    """``render_ground_truth`` of each of ``shapes`` (e.g. a prompt's variants), which share the first one's geometry:
+    traced once, painted K times."""
     if supersample < 1:
         raise ValueError(f"supersample must be a positive integer, got {supersample}")
-    s, H, W = supersample, cameras.height, cameras.width
+    s, B, H, W = supersample, len(cameras), cameras.height, cameras.width
     fine = Cameras(cameras.c2w.float(), cameras.fovy.float(), H * s, W * s)
     origins, directions = fine.rays()
-    out = _render_rays(obj, origins.reshape(-1, 3), directions.reshape(-1, 3))
-    out = out.reshape(len(cameras), H * s, W * s, 8).permute(0, 3, 1, 2)
-    if s > 1:
-        out = torch.nn.functional.avg_pool2d(out, s)
-    rgb, mask, normals, depth = out.split([3, 1, 3, 1], dim=1)
-    covered = mask.clamp(min=1e-8)
+    geometry, rgb = _trace_and_paint(shapes, origins.reshape(-1, 3), directions.reshape(-1, 3))
+
+    def image(per_ray: Tensor) -> Tensor:  # (..., B * H s * W s, C) -> (prod(...) * B, C, H, W), box-filtered
+        channels = per_ray.shape[-1]
+        out = per_ray.reshape(-1, H * s, W * s, channels).permute(0, 3, 1, 2)
+        return torch.nn.functional.avg_pool2d(out, s) if s > 1 else out
+
+    mask, normals, depth = image(geometry).split([1, 3, 1], dim=1)
     normals = torch.nn.functional.normalize(normals, dim=1)  # zero where uncovered
-    return GroundTruthRender(rgb=rgb.clamp(0, 1), mask=mask, normals=normals, depth=depth / covered * (mask > 0))
+    depth = depth / mask.clamp(min=1e-8) * (mask > 0)
+    colours = image(rgb).clamp(0, 1).reshape(len(shapes), B, 3, H, W)
+    return [GroundTruthRender(rgb=c, mask=mask, normals=normals, depth=depth) for c in colours]

@@ -115,8 +115,6 @@ class Preset:
     """Regularizer weights."""
     checkpoint_every: int = 50
     """Steps between checkpoints (and at the end)."""
-    view_conditioning: Literal["kernel", "bins"] = "kernel"
-    """Embedded prior: vMF kernel over view direction, or the coarse front/side/back/overhead bins."""
     stable_diffusion: StableDiffusionOptions = StableDiffusionOptions(view_dependent_prompts=True, resize_to_model=True)
     """How a Stable Diffusion prior (``--prior sd:PATH``) runs: view-dependent prompts, renders resized to the
     model's size, VAE gradient checkpointing, torch.compile of the UNet; the embedded prior ignores it."""

@@ -46,7 +46,7 @@ class RunConfig:
     preset: str = "fast"
     """Name of a preset in sdi.train.presets.PRESETS."""
     prior: str = "embedded"
-    """'embedded' (catalog multi-view exemplar prior) or sd:PATH (Stable Diffusion folder)."""
+    """'embedded' (the catalog prior, exact at every camera) or sd:PATH (Stable Diffusion folder)."""
     steps: int | None = None
     """Override of the preset's number of steps."""
     seed: int = 0
@@ -139,9 +139,9 @@ def load_prior(config: RunConfig, preset: Preset) -> Denoiser:
     """The denoiser named by ``config.prior``; clear errors for unknown prompts and missing folders."""
     check_prior(config)
     if config.prior == "embedded":
-        from sdi.priors.multiview import build_multiview_prior
+        from sdi.priors.catalog import build_catalog_prior
 
-        return build_multiview_prior(config.prompt, preset.resolution, view_conditioning=preset.view_conditioning)
+        return build_catalog_prior(config.prompt)
     from sdi.priors.stable_diffusion import load_stable_diffusion
 
     return load_stable_diffusion(config.prior[3:], device=run_device(config), options=preset.stable_diffusion)
@@ -352,6 +352,6 @@ def describe(preset: Preset) -> dict:
             "resolution": preset.resolution, "num_samples": preset.num_samples,
             "radiance_field": repr(preset.radiance_field), "cameras": repr(preset.cameras),
             "shading": preset.shading, "checkpoint_every": preset.checkpoint_every,
-            "view_conditioning": preset.view_conditioning, "chunk": preset.chunk,
+            "chunk": preset.chunk,
             "stable_diffusion": asdict(preset.stable_diffusion), "render": asdict(preset.render),
             "average_views": preset.average_views}
