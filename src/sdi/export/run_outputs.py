@@ -20,7 +20,7 @@ from sdi.train.loop import Scene
 def render_views(scene: Scene, cameras, num_samples: int = 64, normals: bool = False):
     """Deterministic renders (no jitter) of ``cameras``, on the scene's device."""
     return render(scene.field, scene.background, cameras.to(scene.device), num_samples, "albedo", None, None, None,
-                  chunk=8192, normals="auto" if normals else None, perturb=False)
+                  chunk=8192, normals="auto" if normals else None, perturb=False, bound=scene.bound)
 
 
 def export_turntable(scene: Scene, out_dir: Path, size: int, frames: int = 36) -> dict[str, Path]:
@@ -33,7 +33,7 @@ def export_views(scene: Scene, out_dir: Path, size: int) -> Path:
     """rgb, normals and opacity at the 8 held-out cameras, one row each."""
     with torch.enable_grad():  # normals come from the density's gradient
         out = render(scene.field, scene.background, held_out_cameras(8, size).to(scene.device), 64, "albedo", None,
-                     None, None, chunk=8192, normals="auto", perturb=False)
+                     None, None, chunk=8192, normals="auto", perturb=False, bound=scene.bound)
     normals = (torch.nn.functional.normalize(out.normals, dim=1) * 0.5 + 0.5) * out.opacity
     rows = torch.cat([out.rgb, normals, out.opacity.expand(-1, 3, -1, -1)]).detach().cpu()
     return save_image(out_dir / "views.png", figure(rows, nrow=8, scale=2))

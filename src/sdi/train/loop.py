@@ -28,6 +28,7 @@ from sdi.scene.regularizers import (
     sparsity_loss,
     z_variance_loss,
 )
+from sdi.scene.cameras import Cameras
 from sdi.scene.compiled import compile_field
 from sdi.scene.renderer import SHADING_MODES, OccupancyGrid, RenderOutput, render
 from sdi.train.presets import Preset
@@ -56,6 +57,11 @@ class Scene:
         """Where the scene's tensors live."""
         return self.occupancy.mask.device
 
+    @property
+    def bound(self) -> float:
+        """Half side of the box rendered (the field's and the occupancy grid's)."""
+        return self.occupancy.bound
+
 
 def build_scene(preset: Preset, device: torch.device | str = "cpu") -> Scene:
     """A fresh scene for ``preset`` on ``device`` (parameters drawn on the CPU from torch's default generator,
@@ -64,7 +70,7 @@ def build_scene(preset: Preset, device: torch.device | str = "cpu") -> Scene:
     field_module = (GridField(cfg) if isinstance(cfg, GridFieldConfig) else HashGridField(cfg)).to(device)
     if options.compile_field and torch.device(device).type == "cuda":
         compile_field(field_module)
-    occupancy = OccupancyGrid(resolution=options.occupancy_resolution).to(device)
+    occupancy = OccupancyGrid(resolution=options.occupancy_resolution, bound=cfg.bound).to(device)
     return Scene(field_module, SolidBackground().to(device), occupancy)
 
 
@@ -157,26 +163,42 @@ def views_loss(preset: Preset, latent: Tensor, update: Update) -> Tensor:
     return loss * len(latent) if preset.average_views else loss
 
 
-def training_step(state: TrainState, preset: Preset, rule: Rule, denoiser: Denoiser, prompt: str) -> StepInfo:
-    """One step: cameras -> render -> Eq. 10 update of the encoded render -> regularizers -> Adam."""
-    g, scene, progress = state.generator, state.scene, state.step / max(preset.steps - 1, 1)
+def render_step(state: TrainState, preset: Preset) -> tuple[Cameras, RenderOutput]:
+    """The start of every step: occupancy update, cameras, shading and lights drawn from the generator, render."""
+    g, scene = state.generator, state.scene
     scene.occupancy.update(state.step, scene.field.density, g)
     cameras = preset.cameras.sample(preset.batch, preset.resolution, g)
     shading = sample_shading(preset, g)
     lights = None if isinstance(shading, str) and shading == "albedo" else sample_lights(cameras, g)
     out = render(scene.field, scene.background, cameras, preset.num_samples, shading, lights, g, scene.occupancy,
-                 chunk=preset.chunk, **preset.render.render_kwargs())
-    latent = encode(denoiser, out.rgb * 2 - 1, generator_noise(g))  # SD's posterior.sample() draws from g
-    update = distill_step(rule, denoiser, latent, state.step, preset.steps, prompt, g, state.rule_state, cameras)
-    distill = views_loss(preset, latent, update)
-    regs = regularizers(out, preset, progress)
-    loss = distill + sum(regs.values())
+                 chunk=preset.chunk, bound=scene.bound, **preset.render.render_kwargs())
+    return cameras, out
+
+
+def optimizer_step(state: TrainState, preset: Preset, loss: Tensor) -> Tensor:
+    """The end of every step: the scheduled learning rate, backward, Adam; returns the 0-dim gradient norm."""
+    lr = preset.lr * preset.lr_schedule(state.step, preset.steps)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.get_total_norm([p.grad for g in state.optimizer.param_groups for p in g["params"]
                                                if p.grad is not None])
     state.optimizer.step()
     state.step += 1
+    return grad_norm
+
+
+def training_step(state: TrainState, preset: Preset, rule: Rule, denoiser: Denoiser, prompt: str) -> StepInfo:
+    """One step: cameras -> render -> Eq. 10 update of the encoded render -> regularizers -> Adam."""
+    g, step, progress = state.generator, state.step, state.step / max(preset.steps - 1, 1)
+    cameras, out = render_step(state, preset)
+    latent = encode(denoiser, out.rgb * 2 - 1, generator_noise(g))  # SD's posterior.sample() draws from g
+    update = distill_step(rule, denoiser, latent, step, preset.steps, prompt, g, state.rule_state, cameras)
+    distill = views_loss(preset, latent, update)
+    regs = regularizers(out, preset, progress)
+    loss = distill + sum(regs.values())
+    grad_norm = optimizer_step(state, preset, loss)
     losses = {"loss": loss, "distill": distill, **regs}
     return StepInfo(state.step, update.levels.t, {k: v.detach() for k, v in losses.items()}, grad_norm.detach(),
                     out.rgb.detach(), update.target.detach())

@@ -7,6 +7,7 @@ Table 1 baseline; ``fast`` is the CPU default of ``sdi generate``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
@@ -18,7 +19,7 @@ from sdi.distill.sdi import sdi_paper, sdi_reference
 from sdi.distill.sds import sds, sds_threestudio
 from sdi.priors.stable_diffusion import StableDiffusionOptions
 from sdi.scene.cameras import CameraSampling
-from sdi.scene.fields import GridFieldConfig, HashGridFieldConfig
+from sdi.scene.fields import DensityConfig, GridFieldConfig, HashGridFieldConfig
 from sdi.scene.renderer import NormalsMethod, Strategy
 
 RuleFactory = Callable[[], Rule]
@@ -36,6 +37,28 @@ def window(value: float, until: float) -> Callable[[float], float]:
 
 def constant(value: float) -> Callable[[float], float]:
     return lambda progress: value
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """Multiplier of ``Preset.lr`` as a pure function of the step (so a resumed run is bit-identical): linear
+    warmup over the first ``warmup`` steps, then an exponential or cosine decay from 1 to ``final`` at the last."""
+
+    warmup: int = 0
+    """Steps of linear warmup (step k gets (k + 1) / warmup)."""
+    final: float = 1.0
+    """Multiplier at the last step (1: constant)."""
+    decay: Literal["exponential", "cosine"] = "exponential"
+    """final ** progress, or final + (1 - final) (1 + cos(pi progress)) / 2."""
+
+    def __call__(self, step: int, steps: int) -> float:
+        warm = min((step + 1) / self.warmup, 1.0) if self.warmup > 0 else 1.0
+        progress = min(max(step - self.warmup, 0) / max(steps - 1 - self.warmup, 1), 1.0)
+        if self.decay == "exponential":
+            return warm * self.final**progress
+        if self.decay == "cosine":
+            return warm * (self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * progress)))
+        raise ValueError(f"unknown lr decay {self.decay!r}; use 'exponential' or 'cosine'")
 
 
 @dataclass(frozen=True)
@@ -93,6 +116,8 @@ class Preset:
     """Training steps."""
     lr: float = 0.05
     """Adam learning rate of the field."""
+    lr_schedule: LrSchedule = LrSchedule()
+    """Multiplier of ``lr`` per step (constant by default)."""
     batch: int = 2
     """Views rendered per step."""
     resolution: int = 64
@@ -129,8 +154,13 @@ FAST_WEIGHTS = LossWeights(convexity=window(0.1 / (2 * 3 * 64 * 64), 0.4))
 """The CPU default's convexity weight: 0.1 under the former sum loss (2 views of 3 x 64 x 64), rescaled to the mean
 loss of ``distillation_loss`` so that the CPU run is unchanged."""
 
-FAST = Preset("fast", lambda: sdi_paper(), weights=FAST_WEIGHTS)
-"""CPU default: SDI with the paper's numbers, dense grid, 2 views of 64x64, 300 steps."""
+FAST_FIELD = GridFieldConfig(resolution=48, bound=0.6, density=DensityConfig(activation="exp"))
+"""The CPU default's field: 48^3 over [-0.6, 0.6]^3 (catalog objects lie within radius 0.48: voxels 0.026, about a
+64x64 pixel), exp density (sharp surfaces within 300 steps). Chosen by docs/results/direct-fit.md."""
+
+FAST = Preset("fast", lambda: sdi_paper(), lr=0.1, num_samples=32, radiance_field=FAST_FIELD, weights=FAST_WEIGHTS)
+"""CPU default: SDI with the paper's numbers, dense 48^3 grid, 2 views of 64x64, 32 samples per ray (over the
+1.2-wide box: finer than the former 48 over 2), Adam lr 0.1, 300 steps."""
 
 PAPER_CAMERAS = CameraSampling(distance=(1.5, 2.0), fovy_deg=(40, 70), elevation_deg=(-10, 45))
 PAPER_WEIGHTS = LossWeights(

@@ -348,7 +348,8 @@ def check_finite(state: TrainState) -> None:
 def describe(preset: Preset) -> dict:
     """The resolved preset as JSON-friendly values (functions by their repr)."""
     rule = preset.rule()
-    return {"name": preset.name, "rule": repr(rule), "steps": preset.steps, "lr": preset.lr, "batch": preset.batch,
+    return {"name": preset.name, "rule": repr(rule), "steps": preset.steps, "lr": preset.lr,
+            "lr_schedule": repr(preset.lr_schedule), "batch": preset.batch,
             "resolution": preset.resolution, "num_samples": preset.num_samples,
             "radiance_field": repr(preset.radiance_field), "cameras": repr(preset.cameras),
             "shading": preset.shading, "checkpoint_every": preset.checkpoint_every,
