@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sdi.bench.modes import MODE_METHODS, MODE_OBJECTS, grid_modes, modes_report
 from sdi.bench.runner import run_grid
+from sdi.threads import configure_threads
 from sdi.io import atomic_write_text
 
 
@@ -31,6 +32,7 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true", help="keep the rows of runs.csv that finished")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    configure_threads()  # one thread per worker (SDI_THREADS to change), inherited by the worker processes
     jobs = grid_modes(args.out / "runs", MODE_OBJECTS[:args.objects], args.seeds, args.steps, tuple(args.methods))
     command = shlex.join(["python", "benchmarks/bench_modes.py", *(argv if argv is not None else sys.argv[1:])])
     start = time.perf_counter()

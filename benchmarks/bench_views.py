@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from sdi.bench.runner import run_grid
+from sdi.threads import configure_threads
 from sdi.bench.suites import VIEW_VARIANTS, grid_views, write_suite_report
 from sdi.scene.catalog import catalog_objects
 
@@ -39,6 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    configure_threads()  # one thread per worker (SDI_THREADS to change), inherited by the worker processes
     objects = args.prompts or [o.prompt for o in catalog_objects(0, args.objects)]
     jobs = grid_views(args.out / "runs", objects, args.seeds, args.steps, args.resolution, tuple(args.methods))
     command = shlex.join(["python", "benchmarks/bench_views.py", *(argv if argv is not None else sys.argv[1:])])

@@ -50,31 +50,31 @@ def test_lr_schedule_values():
         LrSchedule(decay="linear")(0, 2)
 
 
-def test_the_loop_applies_the_schedule_to_adam(multiview_prior):
+def test_the_loop_applies_the_schedule_to_adam(catalog_prior):
     preset = replace(TINY, steps=3, lr_schedule=LrSchedule(final=0.25))
     state = new_state(preset, seed=0)
     lrs = []
-    for _ in train(state, preset, preset.rule(), multiview_prior, TINY_PROMPT):
+    for _ in train(state, preset, preset.rule(), catalog_prior, TINY_PROMPT):
         lrs.append(state.optimizer.param_groups[0]["lr"])
     assert lrs == pytest.approx([preset.lr * preset.lr_schedule(k, 3) for k in range(3)])
     assert math.isclose(lrs[-1], preset.lr * 0.25)
 
 
-def test_resume_with_an_lr_schedule_is_bit_identical(tmp_path, multiview_prior, monkeypatch):
+def test_resume_with_an_lr_schedule_is_bit_identical(tmp_path, catalog_prior, monkeypatch):
     preset = replace(TINY, name="tiny", steps=6, checkpoint_every=2, lr_schedule=LrSchedule(2, 0.1, "cosine"))
     monkeypatch.setitem(PRESETS, "tiny", preset)
     rule = preset.rule()
     whole = new_state(preset, seed=1)
-    for _ in train(whole, preset, rule, multiview_prior, TINY_PROMPT):
+    for _ in train(whole, preset, rule, catalog_prior, TINY_PROMPT):
         pass
     first = new_state(preset, seed=1)
-    steps = train(first, preset, rule, multiview_prior, TINY_PROMPT)
+    steps = train(first, preset, rule, catalog_prior, TINY_PROMPT)
     for _ in range(3):
         next(steps)
     steps.close()
     save_state(tmp_path, first, RunConfig(TINY_PROMPT, "tiny", seed=1), 0.0, 0)
     resumed, _ = restore_state(tmp_path, preset, seed=1)
-    for _ in train(resumed, preset, rule, multiview_prior, TINY_PROMPT):
+    for _ in train(resumed, preset, rule, catalog_prior, TINY_PROMPT):
         pass
     for a, b in zip(whole.optimizer.param_groups[0]["params"], resumed.optimizer.param_groups[0]["params"]):
         assert torch.equal(a, b)

@@ -31,6 +31,11 @@ from sdi.scene.catalog import parse_prompt
 from sdi.scene.ground_truth import render_shared_geometry
 from sdi.scene.variants import catalog_variants
 
+EVAL_SUPERSAMPLE = 4
+"""Rays per pixel side of the ground truth scored against: 4 x 4. At 2 x 2, 6% of a cube's silhouette pixels have a
+coverage of exactly 0.5, which ``mask_iou``'s ``> 0.5`` counts outside although a soft-edged render shows them at
+0.5 + a little: one run (a 64x64 cube) scores IoU 0.926 against the 2 x 2 mask and 0.953 against the 4 x 4 one,
+whose coverages are finer (314 of its 419 extra pixels were those ties)."""
 EMPTY_OPACITY = 0.01
 """Mean opacity below which a scene counts as an empty volume (diverged)."""
 
@@ -42,7 +47,7 @@ def evaluate_scene(scene, prompt: str, size: int = 64, views: int = 8) -> dict[s
     from sdi.export.run_outputs import render_views
 
     cameras = held_out_cameras(views, size)
-    renders = render_shared_geometry(catalog_variants(parse_prompt(prompt)), cameras, supersample=2)
+    renders = render_shared_geometry(catalog_variants(parse_prompt(prompt)), cameras, supersample=EVAL_SUPERSAMPLE)
     scene.field.eval()
     out = render_views(scene, cameras)
     return score_against_variants(out.rgb.float(), out.opacity.float(), torch.stack([r.rgb for r in renders]),
