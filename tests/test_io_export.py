@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import json
 import os
 
@@ -240,6 +242,8 @@ def test_sphere_mesh_round_trips_through_glb_obj_ply(tmp_path):
 def test_auto_threshold_sits_between_modes():
     density = np.concatenate([np.full(900, 0.01), np.full(100, 40.0)])
     assert auto_threshold(density) == pytest.approx(20.005)
+    assert auto_threshold(density, voxel=0.01) == pytest.approx(20.005)  # ln 2 / 0.01 = 69 lies above the midpoint
+    assert auto_threshold(density, voxel=0.1) == pytest.approx(math.log(2) / 0.1)  # a voxel at 6.9 is half opaque
 
 
 def test_surface_touching_the_box_is_closed():

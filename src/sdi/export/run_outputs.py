@@ -11,6 +11,7 @@ from sdi.export.mesh import EmptyVolumeError, decimate, extract_mesh, save_textu
 from sdi.export.options import MeshOptions, default_texture_size
 from sdi.export.video import save_turntable
 from sdi.io import save_image, to_uint8
+from sdi.scene.fields import GridFieldConfig
 from sdi.scene.cameras import held_out_cameras, turntable_cameras
 from sdi.scene.renderer import render
 from sdi.train.loop import Scene
@@ -39,13 +40,20 @@ def export_views(scene: Scene, out_dir: Path, size: int) -> Path:
     return save_image(out_dir / "views.png", figure(rows, nrow=8, scale=2))
 
 
+def field_voxel(field) -> float | None:
+    """The voxel size of a dense grid field (None for other fields)."""
+    cfg = getattr(field, "cfg", None)
+    return 2.0 * cfg.bound / (cfg.resolution - 1) if isinstance(cfg, GridFieldConfig) else None
+
+
 def export_mesh(scene: Scene, out_dir: Path, options: MeshOptions = MeshOptions()) -> dict:
     """GLB and OBJ with a baked albedo texture (decimated to the face budget), PLY with vertex colours (the full
     marching-cubes mesh); the iso level, face counts and texture size used; {"skipped": reason} for an empty volume."""
     field = scene.field
     albedo = lambda points: field(points).albedo  # noqa: E731
     try:
-        mesh = extract_mesh(field.density, albedo, resolution=options.resolution, device=scene.device)
+        mesh = extract_mesh(field.density, albedo, resolution=options.resolution, bound=scene.bound,
+                            device=scene.device, voxel=field_voxel(field))
     except EmptyVolumeError as error:
         return {"skipped": str(error)}
     low = decimate(mesh, options.max_faces) if options.max_faces else mesh
