@@ -91,7 +91,8 @@ def test_a_tiny_run_from_the_page(server, browser, tmp_path):
     run_dir = runs / "a-red-cube-fast-s0"
     assert f"wrote {run_dir}" in done and (run_dir / "mesh.glb").is_file()
 
-    gif = page.find("#turntable img")  # the turntable, served by the page: all 36 frames
+    # the turntable, served by the page: all 36 frames (it may arrive just after the status line says Done)
+    gif = browser.wait(lambda d: d.find_elements(page.by.CSS_SELECTOR, "#turntable img"), 30, "the turntable")[0]
     with urllib.request.urlopen(gif.get_attribute("src"), timeout=10) as response:
         assert Image.open(io.BytesIO(response.read())).n_frames == 36
     assert browser.driver.execute_script("return arguments[0].naturalWidth", gif) > 0
