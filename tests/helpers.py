@@ -43,3 +43,23 @@ def kill_at(monkeypatch, step: int) -> None:
         return real(state, *args, **kwargs)
 
     monkeypatch.setattr(loop, "training_step", step_or_die)
+
+
+def train_to_the_end(state, preset, denoiser, prompt: str):
+    """Drive ``train`` from ``state`` to the preset's last step; returns ``state``."""
+    for _ in loop.train(state, preset, preset.rule(), denoiser, prompt):
+        pass
+    return state
+
+
+def checkpoint_after(run_dir: Path, preset, denoiser, prompt: str, seed: int, steps: int) -> None:
+    """Train a fresh ``seed`` state for ``steps`` steps by driving the ``train`` generator, stop it there, and save its
+    checkpoint into ``run_dir`` (a run stopped mid-way, to be restored with ``restore_state``)."""
+    from sdi.train.run import RunConfig, save_state
+
+    state = loop.new_state(preset, seed=seed)
+    running = loop.train(state, preset, preset.rule(), denoiser, prompt)
+    for _ in range(steps):
+        next(running)
+    running.close()
+    save_state(run_dir, state, RunConfig(prompt, preset.name, seed=seed), 0.0, 0)

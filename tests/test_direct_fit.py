@@ -9,11 +9,12 @@ from dataclasses import replace
 import pytest
 import torch
 
+from helpers import checkpoint_after, train_to_the_end
 from sdi.scene.catalog import parse_prompt
 from sdi.train.direct_fit import direct_fit, fit_step, grow_grid, held_out_scores
 from sdi.train.loop import new_state, train
 from sdi.train.presets import FAST, PRESETS, LrSchedule
-from sdi.train.run import RunConfig, restore_state, save_state
+from sdi.train.run import restore_state
 
 TINY_PROMPT = "a red cube"
 TINY = replace(FAST, resolution=16, num_samples=16, batch=1, radiance_field=replace(FAST.radiance_field, resolution=16))
@@ -63,19 +64,10 @@ def test_the_loop_applies_the_schedule_to_adam(catalog_prior):
 def test_resume_with_an_lr_schedule_is_bit_identical(tmp_path, catalog_prior, monkeypatch):
     preset = replace(TINY, name="tiny", steps=6, checkpoint_every=2, lr_schedule=LrSchedule(2, 0.1, "cosine"))
     monkeypatch.setitem(PRESETS, "tiny", preset)
-    rule = preset.rule()
-    whole = new_state(preset, seed=1)
-    for _ in train(whole, preset, rule, catalog_prior, TINY_PROMPT):
-        pass
-    first = new_state(preset, seed=1)
-    steps = train(first, preset, rule, catalog_prior, TINY_PROMPT)
-    for _ in range(3):
-        next(steps)
-    steps.close()
-    save_state(tmp_path, first, RunConfig(TINY_PROMPT, "tiny", seed=1), 0.0, 0)
+    whole = train_to_the_end(new_state(preset, seed=1), preset, catalog_prior, TINY_PROMPT)
+    checkpoint_after(tmp_path, preset, catalog_prior, TINY_PROMPT, seed=1, steps=3)
     resumed, _ = restore_state(tmp_path, preset, seed=1)
-    for _ in train(resumed, preset, rule, catalog_prior, TINY_PROMPT):
-        pass
+    train_to_the_end(resumed, preset, catalog_prior, TINY_PROMPT)
     for a, b in zip(whole.optimizer.param_groups[0]["params"], resumed.optimizer.param_groups[0]["params"]):
         assert torch.equal(a, b)
     assert whole.optimizer.param_groups[0]["lr"] == resumed.optimizer.param_groups[0]["lr"]

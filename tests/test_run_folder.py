@@ -36,15 +36,6 @@ def finished(tmp_path, generated_run) -> tuple[Path, dict]:
     return run_dir, snapshot(run_dir)
 
 
-@pytest.fixture
-def tiny_preset(monkeypatch):
-    """A registered 6-step preset checkpointing every 2 steps (as in test_train.py)."""
-    preset = replace(FAST, name="tiny", resolution=TINY_RESOLUTION, num_samples=16, batch=1, steps=6,
-                     checkpoint_every=2)
-    monkeypatch.setitem(PRESETS, "tiny", preset)
-    return preset
-
-
 # ---------------------------------------------------------------------------------- one run per folder
 
 

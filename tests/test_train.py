@@ -15,7 +15,7 @@ from PIL import Image
 
 import sdi.io
 import sdi.train.loop as loop
-from helpers import Killed, kill_at
+from helpers import Killed, checkpoint_after, kill_at, train_to_the_end
 from sdi.diffusion.denoiser import CountingDenoiser
 from sdi.train.checkpoint import load_checkpoint, save_checkpoint
 from sdi.train.loop import TrainingDiverged, new_state, train, training_step
@@ -122,14 +122,6 @@ def test_chunked_render_gives_the_same_training_step(catalog_prior, monkeypatch)
 # ------------------------------------------------------------------ runs: determinism and resume
 
 
-@pytest.fixture
-def tiny_preset(monkeypatch):
-    """Register a tiny preset ("tiny": 6 steps, checkpoint every 2) for RunConfig / train_run."""
-    preset = tiny(FAST, steps=6, name="tiny", checkpoint_every=2)
-    monkeypatch.setitem(PRESETS, "tiny", preset)
-    return preset
-
-
 def checkpoint_tensors(run_dir):
     tensors, meta = load_checkpoint(run_dir / CHECKPOINT)
     return tensors, meta
@@ -173,22 +165,13 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path, tiny_preset, monkey
 
 def test_resume_by_driving_the_generator(tmp_path, tiny_preset, catalog_prior):
     """Stop the ``train`` generator after k steps, pack/restore through a checkpoint, continue."""
-    preset, rule = tiny_preset, tiny_preset.rule()
-    whole = new_state(preset, seed=2)
-    for _ in train(whole, preset, rule, catalog_prior, TINY_PROMPT):
-        pass
-
-    first = new_state(preset, seed=2)
-    steps = train(first, preset, rule, catalog_prior, TINY_PROMPT)
-    for _ in range(4):
-        next(steps)
-    steps.close()
-    save_state(tmp_path, first, RunConfig(TINY_PROMPT, "tiny", seed=2), 0.0, 0)
+    preset = tiny_preset
+    whole = train_to_the_end(new_state(preset, seed=2), preset, catalog_prior, TINY_PROMPT)
+    checkpoint_after(tmp_path, preset, catalog_prior, TINY_PROMPT, seed=2, steps=4)
     resumed, extra = restore_state(tmp_path, preset, seed=99, device="cpu")  # the seed does not matter: the
     assert resumed.step == 4 and extra["config"]["seed"] == 2  # generator is restored; tensors mapped to the CPU
     assert resumed.scene.device == torch.device("cpu") and resumed.generator.device == torch.device("cpu")
-    for _ in train(resumed, preset, rule, catalog_prior, TINY_PROMPT):
-        pass
+    train_to_the_end(resumed, preset, catalog_prior, TINY_PROMPT)
     for a, b in zip(params(whole), params(resumed)):
         assert torch.equal(a, b)
     assert torch.equal(whole.generator.get_state(), resumed.generator.get_state())

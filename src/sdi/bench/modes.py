@@ -9,7 +9,6 @@ at CFG 7.5, and is scored at the 8 held-out cameras against its nearest variant 
 
 from __future__ import annotations
 
-import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -68,16 +67,10 @@ def job_modes(job: Job) -> dict:
     return {**evaluate_scene(scene, job.prompt), "train_s": info["train_s"], "denoiser_calls": info["denoiser_calls"]}
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return math.nan, math.nan
-    mean = sum(finite) / len(finite)
-    return mean, (sum((v - mean) ** 2 for v in finite) / max(len(finite) - 1, 1)) ** 0.5
-
-
 def modes_report(rows: list[dict], command: str, elapsed: float, workers: int) -> str:
     """The report in Markdown: per method means (std) over every run, who is nearer the mean, per-object detail."""
+    from sdi.bench.report import mean_std
+
     ok = [r for r in rows if r.get("status") == "ok" and not r.get("diverged")]
     methods = [m for m in MODE_METHODS if any(r["method"] == m for r in ok)]
     lines = ["# A mode or the mean: SDI vs SDS on the embedded prior", "", f"Command: `{command}`", "",
@@ -89,7 +82,7 @@ def modes_report(rows: list[dict], command: str, elapsed: float, workers: int) -
         mine = [r for r in ok if r["method"] == m]
         cells = []
         for metric in METRICS:
-            mean, std = _stats([float(r[metric]) for r in mine])
+            mean, std, _, _ = mean_std(r[metric] for r in mine)
             means[m, metric] = mean
             cells.append(f"{mean:.3f} ({std:.3f})")
         nearer = sum(float(r["rms_to_mean"]) < float(r["rms_to_nearest"]) for r in mine)
@@ -106,7 +99,7 @@ def modes_report(rows: list[dict], command: str, elapsed: float, workers: int) -
     lines += ["", "## Masked detail per object (mean over seeds)", "", "| object | " + " | ".join(methods) + " |",
               "|---|" + "---|" * len(methods)]
     for obj in dict.fromkeys(r["prompt"] for r in ok):
-        cells = [_stats([float(r["masked_detail_ratio"]) for r in ok if r["prompt"] == obj and r["method"] == m])[0]
+        cells = [mean_std(r["masked_detail_ratio"] for r in ok if r["prompt"] == obj and r["method"] == m)[0]
                  for m in methods]
         lines.append(f"| {obj} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -16,14 +16,12 @@ timestep label (the authors' -99 of the clean image) reads a(0).
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from torch import Tensor
 
 from sdi.diffusion.denoiser import CameraBatch
 from sdi.diffusion.schedules import sd_alphas_cumprod
-from sdi.priors.exemplar import UnknownPrompt, alpha_at, eps_of_mean, exemplar_posterior_mean
+from sdi.priors.exemplar import PosteriorMeanDenoiser, UnknownPrompt, exemplar_posterior_mean
 from sdi.scene.cameras import Cameras
 from sdi.scene.catalog import CatalogObject, catalog_objects, parse_prompt
 from sdi.scene.ground_truth import render_shared_geometry
@@ -53,7 +51,7 @@ def distractors(target: CatalogObject, n: int = N_DISTRACTORS) -> list[CatalogOb
     return pool[:n]
 
 
-class CatalogPrior:
+class CatalogPrior(PosteriorMeanDenoiser):
     """Closed-form denoiser of a catalog prompt's variants seen from the query cameras (pixel space, [-1, 1])."""
 
     def __init__(self, prompt: str, n_variants: int = N_VARIANTS, n_distractors: int = N_DISTRACTORS,
@@ -107,17 +105,6 @@ class CatalogPrior:
         mean = exemplar_posterior_mean(x_t.detach().cpu().double().flatten(1), alpha, flat[:, pick], sq_norms[:, pick],
                                        smoothing=self.smoothing)
         return mean.reshape(x_t.shape).to(x_t.device)
-
-    def predict_eps(self, x_t: Tensor, t: Tensor, prompts: Sequence[str], cameras: CameraBatch | None = None) -> Tensor:
-        """eps = (x_t - sqrt(a) E[x0 | x_t]) / sqrt(1 - a), one prediction per prompt."""
-        alpha = alpha_at(self.alphas_cumprod, t).expand(x_t.shape[0])
-        return torch.stack([eps_of_mean(x_t, alpha, self.posterior_mean(x_t, alpha, p, cameras)) for p in prompts])
-
-    def encode(self, image: Tensor) -> Tensor:
-        return image
-
-    def decode(self, latent: Tensor) -> Tensor:
-        return latent
 
 
 def _same_key(a: tuple, b: tuple) -> bool:

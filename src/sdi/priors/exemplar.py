@@ -44,17 +44,35 @@ def exemplar_posterior_mean(x: Tensor, alpha: Tensor, exemplars: Tensor, sq_norm
     return mean + a.sqrt() * smoothing**2 / variance * (x - a.sqrt() * mean)
 
 
-def eps_of_mean(x_t: Tensor, alpha: Tensor, mean: Tensor) -> Tensor:
-    """eps = (x_t - sqrt(a) E[x0 | x_t]) / sqrt(1 - a), in x_t's dtype; alpha (B,) float64."""
-    a = alpha.reshape(-1, 1, 1, 1)
-    return ((x_t.double() - a.sqrt() * mean) / (1 - a).sqrt()).to(x_t.dtype)
+class PosteriorMeanDenoiser:
+    """A pixel-space ``Denoiser`` given by its closed-form ``posterior_mean(x_t, alpha, prompt, cameras)`` (float64)
+    and its schedule ``alphas_cumprod``: eps = (x_t - sqrt(a) E[x0 | x_t]) / sqrt(1 - a), one per prompt branch."""
+
+    alphas_cumprod: Tensor
+
+    def posterior_mean(self, x_t: Tensor, alpha: Tensor, prompt: str, cameras: CameraBatch | None) -> Tensor:
+        raise NotImplementedError
+
+    def predict_eps(
+        self, x_t: Tensor, t: Tensor, prompts: Sequence[str], cameras: CameraBatch | None = None
+    ) -> Tensor:
+        alpha = alpha_at(self.alphas_cumprod, t).expand(x_t.shape[0])
+        a = alpha.reshape(-1, 1, 1, 1)
+        means = [self.posterior_mean(x_t, alpha, p, cameras) for p in prompts]
+        return torch.stack([((x_t.double() - a.sqrt() * mean) / (1 - a).sqrt()).to(x_t.dtype) for mean in means])
+
+    def encode(self, image: Tensor) -> Tensor:
+        return image
+
+    def decode(self, latent: Tensor) -> Tensor:
+        return latent
 
 
 class UnknownPrompt(ValueError):
     """A prompt that names none of the prior's labels."""
 
 
-class ExemplarPrior:
+class ExemplarPrior(PosteriorMeanDenoiser):
     """Closed-form denoiser of ``images`` (N, C, H, W) in [-1, 1], grouped by ``labels``."""
 
     def __init__(
@@ -119,16 +137,3 @@ class ExemplarPrior:
         idx = self.members(prompt)
         nearest = torch.cdist(x.double().flatten(1), self.flat[idx]).argmin(1)
         return self.images[idx][nearest].to(x.dtype)
-
-    def predict_eps(
-        self, x_t: Tensor, t: Tensor, prompts: Sequence[str], cameras: CameraBatch | None = None
-    ) -> Tensor:
-        """eps = (x_t - sqrt(a) E[x0 | x_t]) / sqrt(1 - a), one prediction per prompt."""
-        alpha = alpha_at(self.alphas_cumprod, t).expand(x_t.shape[0])
-        return torch.stack([eps_of_mean(x_t, alpha, self.posterior_mean(x_t, alpha, p, cameras)) for p in prompts])
-
-    def encode(self, image: Tensor) -> Tensor:
-        return image
-
-    def decode(self, latent: Tensor) -> Tensor:
-        return latent
