@@ -29,9 +29,9 @@ from sdi.scene.fields import (DensityConfig, FieldOutput, GridFieldConfig, Solid
 from sdi.train.direct_fit import direct_fit
 from sdi.train.presets import FAST, LrSchedule, Preset
 
-OBJECTS = ("a red cube with white stripes", "a blue sphere with yellow dots")
+OBJECTS = ("a red cube with white stripes", "a blue sphere with yellow dots", "an orange torus with white stripes")
 TODAY = replace(FAST, name="today", radiance_field=GridFieldConfig(resolution=48, bound=1.0, density=DensityConfig()),
-                num_samples=48, lr=0.05, lr_schedule=LrSchedule())
+                num_samples=48, lr=0.05, lr_schedule=LrSchedule(), random_background=0.0)
 """The ``fast`` preset before this comparison: 48^3 over [-1, 1]^3, softplus density, 48 samples, Adam 0.05."""
 
 
@@ -82,7 +82,9 @@ def rows(steps: int) -> list[Row]:
         Row("today + grid 64^3", grid(TODAY, resolution=64)),
         Row("today + bound 0.6", grid(TODAY, bound=0.6)),
         Row("today + bound 0.6 + exp density", grid(TODAY, bound=0.6, density=DensityConfig(activation="exp"))),
-        Row("fast: bound 0.6, exp density, 32 samples, lr 0.1", chosen),
+        Row("fast: bound 0.6, exp density (blob 4), 32 samples, lr 0.1, random background 0.5", chosen),
+        Row("fast + blob 10 (DreamFusion's)", grid(chosen, density=DensityConfig(activation="exp"))),
+        Row("fast + white background only", replace(chosen, random_background=0.0)),
         Row("fast + grid 64^3", grid(chosen, resolution=64)),
         Row("fast + grid 96^3", grid(chosen, resolution=96)),
         Row(f"fast + coarse-to-fine 24^3 -> 48^3 at step {c2f_start}", grid(chosen, resolution=24),
@@ -98,7 +100,7 @@ def rows(steps: int) -> list[Row]:
     ]
 
 
-QUICK = (0, 4, 7, 13)
+QUICK = (0, 4, 9, 15)
 """Rows of --quick."""
 
 

@@ -130,3 +130,22 @@ def test_scores_name_the_nearest_variant_and_the_distance_to_the_mean():
     assert on_mode["rms_to_mean"] > 0.05 and on_mode["masked_detail_ratio"] == pytest.approx(1.0)
     blur = score_against_variants(variants.mean(0), mask, variants, mask)
     assert blur["rms_to_mean"] == 0 and blur["rms_to_nearest"] > 0.05 and blur["masked_detail_ratio"] < 0.8
+
+
+def test_small_noise_predicts_the_nearest_variant_over_the_camera_background():
+    """Over a coloured background (``Cameras.background``) the exemplars are the variants composited on it."""
+    from dataclasses import replace
+
+    prior = CatalogPrior(PROMPT, smoothing=0.0)
+    cameras = off_grid_camera(9)
+    colour = torch.tensor([[0.1, 0.6, 0.3]])
+    coverage = render_ground_truth(catalog_variants(prior.target)[0], cameras, supersample=2).mask[0].double()
+    truth = variant_renders(cameras) + (1 - coverage) * (colour[0, :, None, None].double() * 2 - 2)  # in [-1, 1]
+    k, t = 4, 20
+    a = prior.alphas_cumprod[t].double()
+    noise = torch.randn(truth[k].shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x_t = (a.sqrt() * truth[k] + (1 - a).sqrt() * noise)[None]
+    x0 = x0_prediction(prior, x_t, t, PROMPT, replace(cameras, background=colour))[0]
+    assert (x0 - truth[k]).abs().max() < 1e-3
+    assert (x0 - x0_prediction(prior, x_t, t, PROMPT, cameras)[0]).abs().max() > 0.5  # white is another image
+    assert prior.renders == 2

@@ -137,6 +137,21 @@ def assert_same_checkpoint(a, b):
     assert ma["optimizers"] == mb["optimizers"]
 
 
+def test_random_background_recomposites_the_render_and_tells_the_prior(tiny_preset):
+    """Each view is composited over a random colour with probability ``random_background`` (drawn after the render,
+    so the render itself is the white one's), and the cameras carry the colours to the prior."""
+    plain, coloured = (replace(tiny_preset, batch=8, random_background=p) for p in (0.0, 0.5))
+    cameras0, out0 = loop.render_step(new_state(plain, 0), plain)
+    cameras, out = loop.render_step(new_state(coloured, 0), coloured)
+    assert cameras0.background is None and cameras.background.shape == (8, 3)
+    white = (cameras.background == 1).all(1)
+    assert 0 < int(white.sum()) < 8  # some views keep the white background, the others got a colour
+    torch.testing.assert_close(out.rgb, out0.rgb + (1 - out0.opacity) * (cameras.background[:, :, None, None] - 1))
+    torch.testing.assert_close(out.opacity, out0.opacity)
+    with pytest.raises(ValueError, match="background"):
+        replace(cameras, background=torch.ones(3))
+
+
 def test_same_seed_same_run(tmp_path, tiny_preset):
     config = RunConfig(TINY_PROMPT, "tiny", seed=3)
     first = train_run(tmp_path / "a", config, progress=False)

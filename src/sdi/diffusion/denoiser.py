@@ -19,10 +19,12 @@ class CameraBatch(Protocol):
     is one): a batch of B whole pinhole cameras (camera-to-world ``c2w`` (B, 4, 4), OpenGL convention,
     and vertical field of view ``fovy`` (B,) in radians), their unit view directions from the object to
     each camera and their (B, 2) elevation and azimuth in degrees (exactly as given where the cameras
-    were built from angles, so that view bins at 45 deg boundaries see 45, not 44.99999)."""
+    were built from angles, so that view bins at 45 deg boundaries see 45, not 44.99999), and the (B, 3)
+    ``background`` colour behind the object in each image (None: white)."""
 
     c2w: Tensor
     fovy: Tensor
+    background: Tensor | None
 
     def __len__(self) -> int: ...
 

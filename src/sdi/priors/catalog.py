@@ -24,7 +24,7 @@ from sdi.diffusion.schedules import sd_alphas_cumprod
 from sdi.priors.exemplar import PosteriorMeanDenoiser, UnknownPrompt, exemplar_posterior_mean
 from sdi.scene.cameras import Cameras
 from sdi.scene.catalog import CatalogObject, catalog_objects, parse_prompt
-from sdi.scene.ground_truth import render_shared_geometry
+from sdi.scene.ground_truth import over_background, render_shared_geometry
 from sdi.scene.variants import N_VARIANTS, catalog_variants
 
 DISTRACTOR_SEED = 1
@@ -64,7 +64,7 @@ class CatalogPrior(PosteriorMeanDenoiser):
         self.smoothing = smoothing
         self.renders = 0
         """Batches of cameras rendered so far (one per training step)."""
-        self._cached: tuple[tuple[Tensor, Tensor, int, int], Tensor, Tensor] | None = None
+        self._cached: tuple[tuple, Tensor, Tensor] | None = None
 
     @property
     def prompts(self) -> list[str]:
@@ -83,18 +83,20 @@ class CatalogPrior(PosteriorMeanDenoiser):
         return slice(0, len(self.variants))
 
     def exemplars(self, cameras: CameraBatch, height: int, width: int) -> tuple[Tensor, Tensor]:
-        """(B, N, 3 * H * W) float64 renders in [-1, 1] at each camera (the variants, then the distractors) and their
-        squared norms (B, N); the last batch of cameras is kept."""
+        """(B, N, 3 * H * W) float64 renders in [-1, 1] at each camera (the variants, then the distractors), over each
+        camera's ``background`` colour (white if None), and their squared norms (B, N); the last batch is kept."""
         if cameras is None:
             raise ValueError("the embedded prior renders its exemplars at the query camera: pass the cameras")
-        key = (cameras.c2w, cameras.fovy, height, width)
+        background = getattr(cameras, "background", None)
+        key = tuple(None if v is None else v.detach().cpu().float().clone()
+                    for v in (cameras.c2w, cameras.fovy, background)) + (height, width)
         if self._cached is not None and _same_key(self._cached[0], key):
             return self._cached[1], self._cached[2]
-        at = Cameras(cameras.c2w.detach().cpu().float(), cameras.fovy.detach().cpu().float(), height, width)
-        renders = render_shared_geometry([*self.variants, *self.distractors], at, self.supersample)
-        rgb = torch.stack([r.rgb for r in renders], dim=1)  # (B, N, 3, H, W)
-        flat = (rgb.double() * 2 - 1).flatten(2)
-        self._cached = ((key[0].detach().clone(), key[1].detach().clone(), height, width), flat, flat.pow(2).sum(-1))
+        renders = render_shared_geometry([*self.variants, *self.distractors], Cameras(key[0], key[1], height, width),
+                                         self.supersample)
+        rgb = over_background(torch.stack([r.rgb for r in renders]), renders[0].mask, key[2])  # (N, B, 3, H, W)
+        flat = (rgb.transpose(0, 1).double() * 2 - 1).flatten(2)
+        self._cached = (key, flat, flat.pow(2).sum(-1))
         self.renders += 1
         return flat, self._cached[2]
 
@@ -108,9 +110,10 @@ class CatalogPrior(PosteriorMeanDenoiser):
 
 
 def _same_key(a: tuple, b: tuple) -> bool:
-    """Whether two (c2w, fovy, H, W) keys name the same cameras at the same size."""
-    return (a[2:] == b[2:] and a[0].shape == b[0].shape and a[1].shape == b[1].shape
-            and torch.equal(a[0], b[0].detach().to(a[0].device)) and torch.equal(a[1], b[1].detach().to(a[1].device)))
+    """Whether two (c2w, fovy, background, H, W) keys name the same cameras, backgrounds and size."""
+    def same(x, y):
+        return x is y is None or (x is not None and y is not None and x.shape == y.shape and torch.equal(x, y))
+    return a[3:] == b[3:] and all(same(x, y) for x, y in zip(a[:3], b[:3]))
 
 
 def build_catalog_prior(prompt: str, alphas_cumprod: Tensor | None = None) -> CatalogPrior:

@@ -28,6 +28,9 @@ class Cameras:
     angles_deg: Tensor | None = None
     """(B, 2) elevation and azimuth in degrees as the cameras were built (``orbit_cameras``), so that view
     bins see the given angles exactly (45, not 44.99999); None: read off ``c2w``."""
+    background: Tensor | None = None
+    """(B, 3) rgb in [0, 1] behind the object in each image, where training composites the render over a random
+    colour (``Preset.random_background``): the embedded prior paints its exemplars over the same; None: white."""
 
     def __post_init__(self):
         if self.c2w.ndim != 3 or self.c2w.shape[1:] != (4, 4):
@@ -36,6 +39,8 @@ class Cameras:
             raise ValueError(f"Cameras.fovy must be ({self.c2w.shape[0]},), got {tuple(self.fovy.shape)}")
         if self.height < 1 or self.width < 1:
             raise ValueError(f"Cameras need a positive image size, got {self.height}x{self.width}")
+        if self.background is not None and self.background.shape != (self.c2w.shape[0], 3):
+            raise ValueError(f"Cameras.background must be ({self.c2w.shape[0]}, 3), got {tuple(self.background.shape)}")
 
     def __len__(self) -> int:
         return self.c2w.shape[0]
@@ -43,7 +48,9 @@ class Cameras:
     def to(self, device: torch.device | str) -> Cameras:
         """The same cameras with their tensors on ``device`` (rays are then cast there)."""
         angles = None if self.angles_deg is None else self.angles_deg.to(device)
-        return replace(self, c2w=self.c2w.to(device), fovy=self.fovy.to(device), angles_deg=angles)
+        background = None if self.background is None else self.background.to(device)
+        return replace(self, c2w=self.c2w.to(device), fovy=self.fovy.to(device), angles_deg=angles,
+                       background=background)
 
     @property
     def positions(self) -> Tensor:

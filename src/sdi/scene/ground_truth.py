@@ -52,6 +52,14 @@ class GroundTruthRender:
     """(B, 1, H, W) distance along the ray to the surface."""
 
 
+def over_background(rgb: Tensor, mask: Tensor, background: Tensor | None) -> Tensor:
+    """Renders over white, rgb (..., B, 3, H, W) with coverage mask (B, 1, H, W), recomposited over one colour per
+    view, background (B, 3) in [0, 1] (``Cameras.background``; None: white, rgb unchanged)."""
+    if background is None:
+        return rgb
+    return rgb + (1 - mask) * (background.to(rgb)[:, :, None, None] - 1)
+
+
 def _bounding_interval(origins: Tensor, directions: Tensor, radius: float) -> tuple[Tensor, Tensor]:
     """Entry and exit distances (N,) of unit rays through the sphere of ``radius``; exit < entry on a miss."""
     b = (origins * directions).sum(-1)

@@ -19,7 +19,7 @@ from sdi.metrics import mask_iou, psnr, ssim
 from sdi.scene.cameras import held_out_cameras
 from sdi.scene.catalog import CatalogObject
 from sdi.scene.fields import GridField
-from sdi.scene.ground_truth import render_ground_truth
+from sdi.scene.ground_truth import over_background, render_ground_truth
 from sdi.train.loop import Scene, TrainState, new_state, optimizer_step, render_step
 from sdi.train.presets import Preset
 
@@ -59,7 +59,8 @@ def fit_step(state: TrainState, preset: Preset, obj: CatalogObject) -> tuple[tor
     cameras, out = render_step(state, preset)
     truth_start = time.perf_counter()
     with torch.no_grad():
-        truth = render_ground_truth(obj, cameras, supersample=2).rgb
+        truth = render_ground_truth(obj, cameras, supersample=2)
+        truth = over_background(truth.rgb, truth.mask, cameras.background)  # the render's own background
     truth_s = time.perf_counter() - truth_start
     loss = F.mse_loss(out.rgb, truth)
     optimizer_step(state, preset, loss)

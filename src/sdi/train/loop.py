@@ -10,7 +10,7 @@ losses stay on the device (``StepInfo``) and ``train`` checks them for NaN every
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
@@ -172,7 +172,23 @@ def render_step(state: TrainState, preset: Preset) -> tuple[Cameras, RenderOutpu
     lights = None if isinstance(shading, str) and shading == "albedo" else sample_lights(cameras, g)
     out = render(scene.field, scene.background, cameras, preset.num_samples, shading, lights, g, scene.occupancy,
                  chunk=preset.chunk, bound=scene.bound, **preset.render.render_kwargs())
+    if preset.random_background > 0:
+        cameras, out = random_background(scene, cameras, out, preset.random_background, g)
     return cameras, out
+
+
+def random_background(scene: Scene, cameras: Cameras, out: RenderOutput, probability: float,
+                      generator: torch.Generator) -> tuple[Cameras, RenderOutput]:
+    """The render recomposited over one colour per view: uniformly random with ``probability``, else the scene's
+    background behind the view's centre (a solid background: the render unchanged); the cameras carry the colours."""
+    g, B = generator, len(cameras)
+    u = torch.rand(B, generator=g, device=g.device)
+    colours = torch.rand(B, 3, generator=g, device=g.device)
+    behind = scene.background(out.directions).permute(0, 3, 1, 2)  # (B, 3, H, W) what the render is composited on
+    centre = behind[:, :, behind.shape[2] // 2, behind.shape[3] // 2]
+    chosen = torch.where((u < probability)[:, None], colours, centre)
+    out.rgb = out.rgb + (1 - out.opacity) * (chosen[:, :, None, None] - behind)
+    return replace(cameras, background=chosen), out
 
 
 def optimizer_step(state: TrainState, preset: Preset, loss: Tensor) -> Tensor:

@@ -145,6 +145,11 @@ class Preset:
     model's size, VAE gradient checkpointing, torch.compile of the UNet; the embedded prior ignores it."""
     render: RenderOptions = RenderOptions()
     """Render strategy, normals, occupancy grid size, field compilation."""
+    random_background: float = 0.0
+    """Probability that a view is composited over a uniformly random colour instead of the scene's background
+    (threestudio's random background augmentation), drawn from the run's generator; the colours travel with the
+    cameras (``Cameras.background``) to the embedded prior, which paints its exemplars over the same. Against white
+    alone, white floaters and a filled torus hole cost nothing (they match the background)."""
     average_views: bool = False
     """Distillation loss = the mean of the ``batch`` one-view losses (K-view steps, ``with_views_per_step``), instead
     of the authors' batch loss, which divides by the batch once more."""
@@ -154,13 +159,17 @@ FAST_WEIGHTS = LossWeights(convexity=window(0.1 / (2 * 3 * 64 * 64), 0.4))
 """The CPU default's convexity weight: 0.1 under the former sum loss (2 views of 3 x 64 x 64), rescaled to the mean
 loss of ``distillation_loss`` so that the CPU run is unchanged."""
 
-FAST_FIELD = GridFieldConfig(resolution=48, bound=0.6, density=DensityConfig(activation="exp"))
+FAST_FIELD = GridFieldConfig(resolution=48, bound=0.6, density=DensityConfig(activation="exp", blob_scale=4.0))
 """The CPU default's field: 48^3 over [-0.6, 0.6]^3 (catalog objects lie within radius 0.48: voxels 0.026, about a
-64x64 pixel), exp density (sharp surfaces within 300 steps). Chosen by docs/results/direct-fit.md."""
+64x64 pixel), exp density (sharp surfaces within 300 steps). Chosen by docs/results/direct-fit.md. Its centre blob
+is 4 high, not DreamFusion's 10: exp(10) is opaque enough that alpha saturates and the centre gets no gradient, so a
+torus hole stays filled for the whole run (main job on the torus: mask IoU 0.874 with 10, 0.985 with 4)."""
 
-FAST = Preset("fast", lambda: sdi_paper(), lr=0.1, num_samples=32, radiance_field=FAST_FIELD, weights=FAST_WEIGHTS)
+FAST = Preset("fast", lambda: sdi_paper(), lr=0.1, num_samples=32, radiance_field=FAST_FIELD, weights=FAST_WEIGHTS,
+              random_background=0.5)
 """CPU default: SDI with the paper's numbers, dense 48^3 grid, 2 views of 64x64, 32 samples per ray (over the
-1.2-wide box: finer than the former 48 over 2), Adam lr 0.1, 300 steps."""
+1.2-wide box: finer than the former 48 over 2), Adam lr 0.1, 300 steps, half the views over a random colour (white
+floaters on a cone and the white-filled hole of a torus are invisible on white: mask IoU 0.706 -> 0.951 on the cone)."""
 
 PAPER_CAMERAS = CameraSampling(distance=(1.5, 2.0), fovy_deg=(40, 70), elevation_deg=(-10, 45))
 PAPER_WEIGHTS = LossWeights(
