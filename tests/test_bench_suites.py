@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def _load_script(name: str):
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -161,6 +163,31 @@ def test_sd_suite_tiny_sd_and_tiny_clip(tmp_path):
     assert 0 <= out["clip_score"] <= 100 and all(0 <= out[f"iqa_{k}"] <= 100 for k in ("quality", "sharpness", "real"))
     with pytest.raises(FileNotFoundError, match="--sd"):
         suites.grid_sd(tmp_path, str(tmp_path / "missing"), str(clip))
+
+
+def test_sdi_tracking_probe_scores_against_the_variants_at_one_camera():
+    """benchmarks/sdi_tracking.py: a variant's own render is at distance 0 from itself; a few steps of each stepper
+    run from grey and move the image."""
+    tracking = _load_script("sdi_tracking")
+    prior = tracking.CatalogPrior("a red cube with white stripes")
+    camera = tracking.one_camera()
+    flat, _ = prior.exemplars(camera, tracking.SIZE, tracking.SIZE)
+    variants = flat[0, :len(prior.variants)].float()
+    near, k, mean = tracking.distances(variants[3].reshape(1, 3, tracking.SIZE, tracking.SIZE), variants)
+    assert (near, k) == (0.0, 3) and mean > 0.05
+    for stepper in (tracking.Stepper("sgd", 0.3), tracking.Stepper("adam", 0.1, 2)):
+        x = tracking.distill_image(tracking.RULES["sdi"](), prior, camera, stepper, seed=0, steps=3)
+        assert x.shape == (1, 3, tracking.SIZE, tracking.SIZE) and torch.isfinite(x).all() and x.abs().max() > 0
+
+
+def test_modes_report_counts_the_runs_that_clear_the_main_job_bar():
+    """PSNR >= 24 and mask IoU >= 0.93, both: of (25, 0.95), (23, 0.99), (30, 0.92) only the first clears it."""
+    from sdi.bench import modes
+
+    base = {"status": "ok", "method": "sdi", "prompt": "p", **dict.fromkeys(modes.METRICS, 0.5)}
+    rows = [{**base, "psnr": psnr, "mask_iou": iou} for psnr, iou in ((25.0, 0.95), (23.0, 0.99), (30.0, 0.92))]
+    report = modes.modes_report(rows, "cmd", 1.0, 1)
+    assert "| p | 26.0 / 0.953, 1 of 3 |" in report and "| all | 26.0 / 0.953, 1 of 3 |" in report
 
 
 def test_modes_table_trains_each_method_and_reports_mode_or_mean(tmp_path):

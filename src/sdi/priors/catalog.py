@@ -5,12 +5,14 @@ rendered by the ground-truth renderer at that very camera, so E[x0 | x_t, prompt
 posterior mean of the variants, each widened by Gaussian noise of std ``SMOOTHING`` (a kernel density estimate):
 exact everywhere for that distribution, with no blend of neighbouring views. At high noise the posterior spreads
 over the variants (distinct, sharp modes: their mean is a blur); at low noise it settles on the nearest one
-(``smoothing=0``: onto its render exactly). The unconditional branch ("") adds fixed other catalog objects (``distractors``) of the
-same shape, in other colours and patterns, rendered at the same camera: one sphere trace per camera serves every
-exemplar (a distractor of another shape would cost a trace of its own, ~20-50 ms per camera pair on 2 cores).
+(``smoothing=0``: onto its render exactly). The unconditional branch ("") adds fixed other catalog objects
+(``distractors``) of the same shape, in other colours and patterns, rendered at the same camera: one sphere trace
+per camera serves every exemplar (a distractor of another shape would cost a trace of its own, ~20-50 ms per camera
+pair on 2 cores).
 
-The renders depend only on the camera: they are made once per batch of cameras and kept for the next call with
-the same cameras, so every denoiser call of a training step (the inversion included) reuses them. A negative
+The renders depend only on the camera (and on the colour behind the object, ``Cameras.background``, when training
+composites its renders over random colours): they are made once per batch of cameras and kept for the next call
+with the same cameras, so every denoiser call of a training step (the inversion included) reuses them. A negative
 timestep label (the authors' -99 of the clean image) reads a(0).
 """
 
