@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from sdi.bench.report import mean_std
 from sdi.bench.runner import Job
 
 MODE_OBJECTS = (
@@ -75,6 +74,7 @@ def job_modes(job: Job) -> dict:
 def modes_report(rows: list[dict], command: str, elapsed: float, workers: int) -> str:
     """The report in Markdown: per method means (std) over every run, who is nearer the mean, per-object detail,
     and per object the runs that clear the main job's bar."""
+    from sdi.bench.report import mean_std  # matplotlib: not on the import path of the bench workers
     ok = [r for r in rows if r.get("status") == "ok" and not r.get("diverged")]
     methods = [m for m in MODE_METHODS if any(r["method"] == m for r in ok)]
     lines = ["# A mode or the mean: SDI vs SDS on the embedded prior", "", f"Command: `{command}`", "",
@@ -116,6 +116,7 @@ def passes_bar(row: dict) -> bool:
 
 def bar_section(ok: list[dict], methods: list[str]) -> list[str]:
     """Per object and method: mean PSNR / mask IoU against the nearest variant, and the runs that clear the bar."""
+    from sdi.bench.report import mean_std
     lines = ["", f"## The main job's bar per object: PSNR >= {MAIN_JOB_BAR['psnr']:g} dB and mask IoU >= "
              f"{MAIN_JOB_BAR['mask_iou']:g} against the nearest variant", "",
              "PSNR / mask IoU (means over seeds), runs that clear both. The `sdi` rows are the main job "

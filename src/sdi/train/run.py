@@ -355,4 +355,4 @@ def describe(preset: Preset) -> dict:
             "shading": preset.shading, "checkpoint_every": preset.checkpoint_every,
             "chunk": preset.chunk,
             "stable_diffusion": asdict(preset.stable_diffusion), "render": asdict(preset.render),
-            "average_views": preset.average_views}
+            "average_views": preset.average_views, "random_background": preset.random_background}
