@@ -190,6 +190,21 @@ def test_modes_report_counts_the_runs_that_clear_the_main_job_bar():
     assert "| p | 26.0 / 0.953, 1 of 3 |" in report and "| all | 26.0 / 0.953, 1 of 3 |" in report
 
 
+def test_modes_grid_passes_steps_per_target_to_every_method_and_says_so(tmp_path):
+    """--steps-per-target K reaches each job's preset; K = 1 keeps the job keys of the runs made before the option."""
+    from sdi.bench import modes
+
+    plain = modes.grid_modes(tmp_path, objects=("a red cube with white stripes",), seeds=1, steps=6)
+    three = modes.grid_modes(tmp_path, objects=("a red cube with white stripes",), seeds=1, steps=6, steps_per_target=3)
+    assert all("steps_per_target" not in j.params_dict for j in plain)
+    assert all(j.params_dict["steps_per_target"] == 3 for j in three)
+    assert {j.key for j in plain}.isdisjoint(j.key for j in three)
+    assert all(modes.mode_preset(m, 6, 3).steps_per_target == 3 for m in modes.MODE_METHODS)
+    rows = [{"status": "ok", "method": "sdi", "prompt": "p", **dict.fromkeys(modes.METRICS, 0.5)}]
+    assert "not the main job" in modes.modes_report(rows, "cmd", 1.0, 1, steps_per_target=3)
+    assert "are the main job" in modes.modes_report(rows, "cmd", 1.0, 1)
+
+
 def test_modes_table_trains_each_method_and_reports_mode_or_mean(tmp_path):
     from sdi.bench import modes
 

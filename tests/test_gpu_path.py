@@ -299,7 +299,7 @@ def test_k_view_gradient_is_the_mean_of_the_one_view_gradients(sd_prior):
         out = render(field, background, views, 24, perturb=False, normals=None)
         latent = sd_prior.encode(out.rgb * 2 - 1)
         update = distill_step(rule, sd_prior, latent, 0, 10, "a cat", torch.Generator(), {}, views)
-        views_loss(preset if len(views) > 1 else FAST, latent, update).backward()
+        views_loss(preset if len(views) > 1 else FAST, latent, update.target, update.loss_weight).backward()
         return [p.grad.clone() for p in field.parameters()]
 
     pair = gradient(cameras)

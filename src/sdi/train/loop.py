@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from sdi.distill.rule import Rule, Update, distill_step
+from sdi.distill.rule import Rule, Update, distill_step, distillation_loss
 from sdi.diffusion.denoiser import Denoiser, encode
 from sdi.diffusion.noise_sampler import generator_noise
 from sdi.scene.fields import GridField, GridFieldConfig, HashGridField, SolidBackground
@@ -155,26 +155,31 @@ def regularizers(out: RenderOutput, preset: Preset, progress: float) -> dict[str
     return {name: weight * loss() for name, (weight, loss) in terms.items() if weight > 0}
 
 
-def views_loss(preset: Preset, latent: Tensor, update: Update) -> Tensor:
-    """The step's distillation loss: the rule's term of the one loss convention (``Update.loss``, the authors'
-    batch loss ``distillation_loss`` times the rule's weight), or with ``preset.average_views`` the mean of the B
-    one-view losses, whose gradient is the mean of the one-view gradients (K-view steps)."""
-    loss = update.loss(latent)
-    return loss * len(latent) if preset.average_views else loss
-
-
 def render_step(state: TrainState, preset: Preset) -> tuple[Cameras, RenderOutput]:
     """The start of every step: occupancy update, cameras, shading and lights drawn from the generator, render."""
+    cameras, _, _, out = draw_and_render(state, preset)
+    return cameras, out
+
+
+def draw_and_render(state: TrainState, preset: Preset) -> tuple[Cameras, str | Tensor, Tensor | None, RenderOutput]:
+    """``render_step``, also returning the shading and lights it drew (a held target re-renders with them)."""
     g, scene = state.generator, state.scene
     scene.occupancy.update(state.step, scene.field.density, g)
     cameras = preset.cameras.sample(preset.batch, preset.resolution, g)
     shading = sample_shading(preset, g)
     lights = None if isinstance(shading, str) and shading == "albedo" else sample_lights(cameras, g)
-    out = render(scene.field, scene.background, cameras, preset.num_samples, shading, lights, g, scene.occupancy,
-                 chunk=preset.chunk, bound=scene.bound, **preset.render.render_kwargs())
+    out = render_views(state, preset, cameras, shading, lights)
     if preset.random_background > 0:
         cameras, out = random_background(scene, cameras, out, preset.random_background, g)
-    return cameras, out
+    return cameras, shading, lights, out
+
+
+def render_views(state: TrainState, preset: Preset, cameras: Cameras, shading: str | Tensor,
+                 lights: Tensor | None) -> RenderOutput:
+    """The scene at ``cameras`` with the preset's render options (stratified samples drawn from the generator)."""
+    scene = state.scene
+    return render(scene.field, scene.background, cameras, preset.num_samples, shading, lights, state.generator,
+                  scene.occupancy, chunk=preset.chunk, bound=scene.bound, **preset.render.render_kwargs())
 
 
 def random_background(scene: Scene, cameras: Cameras, out: RenderOutput, probability: float,
@@ -187,8 +192,14 @@ def random_background(scene: Scene, cameras: Cameras, out: RenderOutput, probabi
     behind = scene.background(out.directions).permute(0, 3, 1, 2)  # (B, 3, H, W) what the render is composited on
     centre = behind[:, :, behind.shape[2] // 2, behind.shape[3] // 2]
     chosen = torch.where((u < probability)[:, None], colours, centre)
-    out.rgb = out.rgb + (1 - out.opacity) * (chosen[:, :, None, None] - behind)
-    return replace(cameras, background=chosen), out
+    return replace(cameras, background=chosen), composited(scene, out, chosen)
+
+
+def composited(scene: Scene, out: RenderOutput, colours: Tensor) -> RenderOutput:
+    """``out`` with its rgb recomposited from the scene's background onto one colour (B, 3) per view."""
+    behind = scene.background(out.directions).permute(0, 3, 1, 2)
+    out.rgb = out.rgb + (1 - out.opacity) * (colours[:, :, None, None] - behind)
+    return out
 
 
 def optimizer_step(state: TrainState, preset: Preset, loss: Tensor) -> Tensor:
@@ -206,18 +217,71 @@ def optimizer_step(state: TrainState, preset: Preset, loss: Tensor) -> Tensor:
 
 
 def training_step(state: TrainState, preset: Preset, rule: Rule, denoiser: Denoiser, prompt: str) -> StepInfo:
-    """One step: cameras -> render -> Eq. 10 update of the encoded render -> regularizers -> Adam."""
+    """One Adam step: cameras -> render -> Eq. 10 update of the encoded render -> regularizers -> Adam. With
+    ``preset.steps_per_target`` K > 1, every K-th step makes a target (the rule's schedule runs over steps / K
+    targets) and the K - 1 steps after it re-render the same cameras towards it (``held_step``)."""
+    K = preset.steps_per_target
+    if K > 1 and state.step % K != 0 and HELD + "target" in state.rule_state:
+        return held_step(state, preset, denoiser)
     g, step, progress = state.generator, state.step, state.step / max(preset.steps - 1, 1)
-    cameras, out = render_step(state, preset)
+    cameras, shading, lights, out = draw_and_render(state, preset)
     latent = encode(denoiser, out.rgb * 2 - 1, generator_noise(g))  # SD's posterior.sample() draws from g
-    update = distill_step(rule, denoiser, latent, step, preset.steps, prompt, g, state.rule_state, cameras)
-    distill = views_loss(preset, latent, update)
+    update = distill_step(rule, denoiser, latent, step // K, -(-preset.steps // K), prompt, g, state.rule_state,
+                          cameras)
+    if K > 1:
+        hold_target(state, cameras, shading, lights, update)
+    distill = views_loss(preset, latent, update.target, update.loss_weight)
+    return finish_step(state, preset, out, distill, progress, update.levels.t, update.target)
+
+
+HELD = "held_"
+"""Prefix of the ``rule_state`` entries that keep a target for the steps after it (saved in checkpoints)."""
+
+
+def hold_target(state: TrainState, cameras: Cameras, shading: str | Tensor, lights: Tensor | None,
+                update: Update) -> None:
+    """Keep what the next steps re-render and pull towards: cameras, backgrounds, shading, lights, the target."""
+    held = {"target": update.target.detach(), "c2w": cameras.c2w, "fovy": cameras.fovy,
+            "t": torch.tensor(update.levels.t), "loss_weight": torch.tensor(update.loss_weight, dtype=torch.float64),
+            "background": cameras.background, "lights": lights,
+            "shading": None if isinstance(shading, str) else shading}  # one mode: the preset's, by name
+    for key in [k for k in state.rule_state if k.startswith(HELD)]:
+        del state.rule_state[key]
+    state.rule_state.update({HELD + k: v for k, v in held.items() if v is not None})
+
+
+def held_step(state: TrainState, preset: Preset, denoiser: Denoiser) -> StepInfo:
+    """One Adam step towards the held target: the same cameras re-rendered (with the same shading, lights and
+    background colours, new stratified samples), encoded, and pulled towards it."""
+    g, scene, progress = state.generator, state.scene, state.step / max(preset.steps - 1, 1)
+    held = {k[len(HELD):]: v for k, v in state.rule_state.items() if k.startswith(HELD)}
+    cameras = Cameras(held["c2w"], held["fovy"], preset.resolution, preset.resolution)
+    scene.occupancy.update(state.step, scene.field.density, g)
+    out = render_views(state, preset, cameras, held.get("shading", preset.shading[0][0]), held.get("lights"))
+    if "background" in held:
+        out = composited(scene, out, held["background"])
+    latent = encode(denoiser, out.rgb * 2 - 1, generator_noise(g))
+    distill = views_loss(preset, latent, held["target"], float(held["loss_weight"]))
+    return finish_step(state, preset, out, distill, progress, int(held["t"]), held["target"])
+
+
+def views_loss(preset: Preset, latent: Tensor, target: Tensor, loss_weight: float = 1.0) -> Tensor:
+    """The step's distillation loss: the rule's term of the one loss convention (``loss_weight`` x the authors'
+    batch loss ``distillation_loss``, as ``Update.loss``), or with ``preset.average_views`` the mean of the B
+    one-view losses, whose gradient is the mean of the one-view gradients (K-view steps)."""
+    loss = loss_weight * distillation_loss(latent, target)
+    return loss * len(latent) if preset.average_views else loss
+
+
+def finish_step(state: TrainState, preset: Preset, out: RenderOutput, distill: Tensor, progress: float, t: int,
+                target: Tensor) -> StepInfo:
+    """Regularizers, Adam, and what the step did."""
     regs = regularizers(out, preset, progress)
     loss = distill + sum(regs.values())
     grad_norm = optimizer_step(state, preset, loss)
     losses = {"loss": loss, "distill": distill, **regs}
-    return StepInfo(state.step, update.levels.t, {k: v.detach() for k, v in losses.items()}, grad_norm.detach(),
-                    out.rgb.detach(), update.target.detach())
+    return StepInfo(state.step, t, {k: v.detach() for k, v in losses.items()}, grad_norm.detach(),
+                    out.rgb.detach(), target.detach())
 
 
 class DivergenceWatch:

@@ -150,9 +150,21 @@ class Preset:
     (threestudio's random background augmentation), drawn from the run's generator; the colours travel with the
     cameras (``Cameras.background``) to the embedded prior, which paints its exemplars over the same. Against white
     alone, white floaters and a filled torus hole cost nothing (they match the background)."""
+    steps_per_target: int = 1
+    """Adam steps per distillation target: each target is made at one step's cameras and pulled towards for this
+    many steps, the same cameras re-rendered each time (the rule's schedule then runs over steps / this targets,
+    so the denoiser is called this many times less). SDI keeps a mode only when the render keeps up with its target;
+    at 3 on the 6 x 3 modes table SDI's masked detail rose 0.38 -> 0.66 but its PSNR to the nearest variant fell
+    23.4 -> 23.1 (its views commit to different variants: 64 of 144 held-out views are nearest to the run's) and
+    both SDS baselines lost 1.7-3.3 dB, so no preset uses it (README, *A mode or the mean*;
+    docs/results/modes-3-steps-per-target)."""
     average_views: bool = False
     """Distillation loss = the mean of the ``batch`` one-view losses (K-view steps, ``with_views_per_step``), instead
     of the authors' batch loss, which divides by the batch once more."""
+
+    def __post_init__(self):
+        if self.steps_per_target < 1:
+            raise ValueError(f"Preset.steps_per_target must be at least 1, got {self.steps_per_target}")
 
 
 FAST_WEIGHTS = LossWeights(convexity=window(0.1 / (2 * 3 * 64 * 64), 0.4))

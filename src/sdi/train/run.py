@@ -30,7 +30,7 @@ from sdi.run_folder import CHECKPOINT, CONFIG, PREVIOUS
 from sdi.train.checkpoint import (CheckpointError, load_checkpoint, pack_training_state, restore_training_state,
                                   save_checkpoint)
 from sdi.train.logs import RunLog
-from sdi.train.loop import SYNC_EVERY, StepInfo, TrainState, TrainingDiverged, new_state, train
+from sdi.train.loop import HELD, SYNC_EVERY, StepInfo, TrainState, TrainingDiverged, new_state, train
 from sdi.train.presets import Preset, cpu_sized, get_preset, gpu_sized, views_line, with_views_per_step
 
 CHECKPOINT_SECONDS = 60.0
@@ -155,7 +155,8 @@ def save_state(
         state.scene.modules(), {"adam": state.optimizer}, state.generator, state.step,
         {"config": asdict(config), "elapsed_s": elapsed, "denoiser_calls": calls, "final_loss": loss},
     )
-    tensors.update({f"rule_state/{k}": v for k, v in state.rule_state.items() if k == "fixed_noise"})
+    tensors.update({f"rule_state/{k}": v.contiguous() for k, v in state.rule_state.items()
+                    if k == "fixed_noise" or k.startswith(HELD)})  # a held target: the steps after it resume
     save_checkpoint(run_dir / CHECKPOINT, tensors, meta)
 
 
@@ -355,4 +356,5 @@ def describe(preset: Preset) -> dict:
             "shading": preset.shading, "checkpoint_every": preset.checkpoint_every,
             "chunk": preset.chunk,
             "stable_diffusion": asdict(preset.stable_diffusion), "render": asdict(preset.render),
-            "average_views": preset.average_views, "random_background": preset.random_background}
+            "average_views": preset.average_views, "random_background": preset.random_background,
+            "steps_per_target": preset.steps_per_target}
