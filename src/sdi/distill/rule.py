@@ -68,7 +68,13 @@ class Update:
 
     def loss(self, latent: Tensor) -> Tensor:
         """The rule's loss on ``latent``, the differentiable x0: ``loss_weight`` x ``distillation_loss``."""
-        return self.loss_weight * distillation_loss(latent, self.target)
+        return weighted_loss(latent, self.target, self.loss_weight)
+
+
+def weighted_loss(x0: Tensor, target: Tensor, loss_weight: float) -> Tensor:
+    """``loss_weight`` x ``distillation_loss``: a rule's term, for its fresh ``Update`` or a target kept for later
+    steps (``Preset.steps_per_target``)."""
+    return loss_weight * distillation_loss(x0, target)
 
 
 def distillation_loss(x0: Tensor, target: Tensor) -> Tensor:

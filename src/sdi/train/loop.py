@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
-from sdi.distill.rule import Rule, Update, distill_step, distillation_loss
+from sdi.distill.rule import Rule, Update, distill_step, weighted_loss
 from sdi.diffusion.denoiser import Denoiser, encode
 from sdi.diffusion.noise_sampler import generator_noise
 from sdi.scene.fields import GridField, GridFieldConfig, HashGridField, SolidBackground
@@ -266,10 +266,10 @@ def held_step(state: TrainState, preset: Preset, denoiser: Denoiser) -> StepInfo
 
 
 def views_loss(preset: Preset, latent: Tensor, target: Tensor, loss_weight: float = 1.0) -> Tensor:
-    """The step's distillation loss: the rule's term of the one loss convention (``loss_weight`` x the authors'
-    batch loss ``distillation_loss``, as ``Update.loss``), or with ``preset.average_views`` the mean of the B
+    """The step's distillation loss: the rule's term of the one loss convention (``weighted_loss``, as
+    ``Update.loss``: ``loss_weight`` x the authors' batch loss), or with ``preset.average_views`` the mean of the B
     one-view losses, whose gradient is the mean of the one-view gradients (K-view steps)."""
-    loss = loss_weight * distillation_loss(latent, target)
+    loss = weighted_loss(latent, target, loss_weight)
     return loss * len(latent) if preset.average_views else loss
 
 
