@@ -6,6 +6,7 @@ Each run trains 300 steps of the CPU settings and is scored against its nearest 
     python benchmarks/bench_modes.py --out docs/results/modes              # 54 runs, ~25 min on 2 cores
     python benchmarks/bench_modes.py --objects 1 --seeds 1 --steps 20 --out /tmp/modes-pilot
     python benchmarks/bench_modes.py --steps-per-target 3 --out docs/results/modes-3-steps-per-target
+    python benchmarks/bench_modes.py --methods sdi --joint-views --out docs/results/modes-joint-views
 """
 
 from __future__ import annotations
@@ -31,17 +32,20 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=list(MODE_METHODS), choices=list(MODE_METHODS))
     p.add_argument("--steps-per-target", type=int, default=1,
                    help="Adam steps per distillation target for every method (Preset.steps_per_target)")
+    p.add_argument("--joint-views", action="store_true",
+                   help="the embedded prior as a multi-view prior: one posterior for each step's cameras (Preset.joint_views)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--resume", action="store_true", help="keep the rows of runs.csv that finished")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     configure_threads()  # one thread per worker (SDI_THREADS to change), inherited by the worker processes
     jobs = grid_modes(args.out / "runs", MODE_OBJECTS[:args.objects], args.seeds, args.steps, tuple(args.methods),
-                      args.steps_per_target)
+                      args.steps_per_target, args.joint_views)
     command = shlex.join(["python", "benchmarks/bench_modes.py", *(argv if argv is not None else sys.argv[1:])])
     start = time.perf_counter()
     rows = run_grid(jobs, "sdi.bench.modes:job_modes", args.out, args.workers, None, args.resume, not args.quiet)
-    report = modes_report(rows, command, time.perf_counter() - start, args.workers, args.steps_per_target)
+    report = modes_report(rows, command, time.perf_counter() - start, args.workers, args.steps_per_target,
+                          args.joint_views)
     atomic_write_text(args.out / "report.md", report)
     print(report)
     return 1 if any(r["status"] != "ok" for r in rows) else 0

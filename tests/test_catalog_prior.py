@@ -8,7 +8,7 @@ import torch
 from sdi.diffusion.denoiser import CountingDenoiser
 from sdi.priors.catalog import SMOOTHING, CatalogPrior
 from sdi.priors.exemplar import UnknownPrompt
-from sdi.scene.cameras import orbit_cameras
+from sdi.scene.cameras import Cameras, orbit_cameras
 from sdi.scene.ground_truth import render_ground_truth
 from sdi.scene.variants import catalog_variants
 
@@ -69,6 +69,30 @@ def test_the_prediction_is_the_brute_force_posterior_mean_of_the_variants(smooth
     if t == 960:
         assert weights.max() < 0.9  # genuinely uncertain at large noise: several variants share the mass
     torch.testing.assert_close(x0_prediction(prior, x_t, t, PROMPT, cameras)[0], expected, atol=1e-5, rtol=0)
+
+
+def test_joint_views_is_the_brute_force_posterior_over_variants_seen_from_every_camera():
+    """A multi-view prior: p(k | x_t of both views) from the sum of both views' |x_t - sqrt(a) X_k(c)|^2 / 2 s^2;
+    each view's prediction is that one posterior's mean of its own renders. One camera: the single-view prior."""
+    t, k = 960, 2
+    first, second = off_grid_camera(5), off_grid_camera(9)
+    both = Cameras(torch.cat([first.c2w, second.c2w]), torch.cat([first.fovy, second.fovy]), SIZE, SIZE)
+    truth = torch.stack([variant_renders(first), variant_renders(second)], 1)  # (K, 2, 3, H, W)
+    joint, single = CatalogPrior(PROMPT, joint_views=True), CatalogPrior(PROMPT)
+    a = joint.alphas_cumprod[t].double()
+    noise = torch.randn(truth[k].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x_t = a.sqrt() * truth[k] + (1 - a).sqrt() * noise
+    s2 = a * SMOOTHING**2 + 1 - a
+    log_w = torch.stack([-(x_t - a.sqrt() * x).pow(2).sum() / (2 * s2) for x in truth])
+    weights = torch.softmax(log_w, 0)
+    means = truth + a.sqrt() * SMOOTHING**2 / s2 * (x_t - a.sqrt() * truth)
+    expected = (weights[:, None, None, None, None] * means).sum(0)
+    eps = joint.predict_eps(x_t, torch.tensor([t]), [PROMPT], both)[0]
+    torch.testing.assert_close((x_t - (1 - a).sqrt() * eps) / a.sqrt(), expected, atol=1e-5, rtol=0)
+    independent = x0_prediction(single, x_t, t, PROMPT, both)
+    assert (independent - expected).abs().max() > 1e-2  # two independent posteriors are not the joint one
+    torch.testing.assert_close(x0_prediction(joint, x_t[:1], t, PROMPT, first),
+                               x0_prediction(single, x_t[:1], t, PROMPT, first), atol=0, rtol=0)
 
 
 def test_renders_once_per_batch_of_cameras_and_knows_any_spelling():

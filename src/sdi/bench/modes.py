@@ -36,25 +36,29 @@ METRICS = ("masked_detail_ratio", "detail_ratio", "psnr", "mask_iou", "rms_to_ne
            "train_s")
 
 
-def mode_preset(method: str, steps: int, steps_per_target: int = 1):
-    """The CPU preset of ``method`` at CFG 7.5 with ``steps`` steps of ``steps_per_target`` Adam steps per target."""
+def mode_preset(method: str, steps: int, steps_per_target: int = 1, joint_views: bool = False):
+    """The CPU preset of ``method`` at CFG 7.5 with ``steps`` steps of ``steps_per_target`` Adam steps per target
+    (``joint_views``: on the multi-view form of the embedded prior)."""
     from sdi.distill.sds import sds, sds_threestudio
     from sdi.train.presets import FAST
 
     rules = {"sdi": FAST.rule, "sds": lambda: sds(cfg=7.5), "sds-threestudio": lambda: sds_threestudio(cfg=7.5)}
     if method not in rules:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(rules)}")
-    return replace(FAST, name=method, rule=rules[method], steps=steps, steps_per_target=steps_per_target)
+    return replace(FAST, name=method, rule=rules[method], steps=steps, steps_per_target=steps_per_target,
+                   joint_views=joint_views)
 
 
 def grid_modes(runs_dir: Path, objects=MODE_OBJECTS, seeds: int = 3, steps: int = 300, methods=MODE_METHODS,
-               steps_per_target: int = 1) -> list[Job]:
+               steps_per_target: int = 1, joint_views: bool = False) -> list[Job]:
     """One job per method x object x seed."""
     for m in methods:
-        mode_preset(m, steps, steps_per_target)
+        mode_preset(m, steps, steps_per_target, joint_views)
     params = {"steps": steps, "runs_dir": str(Path(runs_dir).resolve())}
     if steps_per_target != 1:  # the default keeps the job keys (and --resume) of the runs made before the option
         params["steps_per_target"] = steps_per_target
+    if joint_views:
+        params["joint_views"] = True
     return [Job("modes", m, o, s, params) for o in objects for s in range(seeds) for m in methods]
 
 
@@ -65,7 +69,7 @@ def job_modes(job: Job) -> dict:
     from sdi.train.run import RunConfig
 
     p = job.params_dict
-    preset = mode_preset(job.method, int(p["steps"]), int(p.get("steps_per_target", 1)))
+    preset = mode_preset(job.method, int(p["steps"]), int(p.get("steps_per_target", 1)), bool(p.get("joint_views")))
     config = RunConfig(job.prompt, "fast", "embedded", int(p["steps"]), job.seed)
     trained = fit(Path(p["runs_dir"]) / job.key, config, preset)
     if trained is None:
@@ -74,7 +78,8 @@ def job_modes(job: Job) -> dict:
     return {**evaluate_scene(scene, job.prompt), "train_s": info["train_s"], "denoiser_calls": info["denoiser_calls"]}
 
 
-def modes_report(rows: list[dict], command: str, elapsed: float, workers: int, steps_per_target: int = 1) -> str:
+def modes_report(rows: list[dict], command: str, elapsed: float, workers: int, steps_per_target: int = 1,
+                 joint_views: bool = False) -> str:
     """The report in Markdown: per method means (std) over every run, who is nearer the mean, per-object detail,
     and per object the runs that clear the main job's bar."""
     from sdi.bench.report import mean_std  # matplotlib: not on the import path of the bench workers
@@ -109,7 +114,7 @@ def modes_report(rows: list[dict], command: str, elapsed: float, workers: int, s
         cells = [mean_std(r["masked_detail_ratio"] for r in ok if r["prompt"] == obj and r["method"] == m)[0]
                  for m in methods]
         lines.append(f"| {obj} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
-    return "\n".join(lines + bar_section(ok, methods, steps_per_target)) + "\n"
+    return "\n".join(lines + bar_section(ok, methods, steps_per_target, joint_views)) + "\n"
 
 
 def passes_bar(row: dict) -> bool:
@@ -117,12 +122,12 @@ def passes_bar(row: dict) -> bool:
     return all(float(row[metric]) >= bound for metric, bound in MAIN_JOB_BAR.items())
 
 
-def bar_section(ok: list[dict], methods: list[str], steps_per_target: int = 1) -> list[str]:
+def bar_section(ok: list[dict], methods: list[str], steps_per_target: int = 1, joint_views: bool = False) -> list[str]:
     """Per object and method: mean PSNR / mask IoU against the nearest variant, and the runs that clear the bar."""
     from sdi.bench.report import mean_std
     lines = ["", f"## The main job's bar per object: PSNR >= {MAIN_JOB_BAR['psnr']:g} dB and mask IoU >= "
              f"{MAIN_JOB_BAR['mask_iou']:g} against the nearest variant", "",
-             "PSNR / mask IoU (means over seeds), runs that clear both. " + main_job_line(steps_per_target), "",
+             "PSNR / mask IoU (means over seeds), runs that clear both. " + main_job_line(steps_per_target, joint_views), "",
              "| object | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for obj in [*dict.fromkeys(r["prompt"] for r in ok), None]:
         cells = []
@@ -134,9 +139,11 @@ def bar_section(ok: list[dict], methods: list[str], steps_per_target: int = 1) -
     return lines
 
 
-def main_job_line(steps_per_target: int) -> str:
-    """What the ``sdi`` column is: the main job itself, or ``fast`` with another number of steps per target."""
-    if steps_per_target == 1:
+def main_job_line(steps_per_target: int, joint_views: bool = False) -> str:
+    """What the ``sdi`` column is: the main job itself, or ``fast`` with other steps per target or prior."""
+    changes = ([f"takes {steps_per_target} Adam steps per target (`Preset.steps_per_target`)"] * (steps_per_target != 1)
+               + ["runs on the multi-view form of the embedded prior (`Preset.joint_views`)"] * joint_views)
+    if not changes:
         return "The `sdi` rows are the main job (`sdi generate`, preset `fast`) on each prompt and seed."
-    return (f"Every method here takes {steps_per_target} Adam steps per target (`Preset.steps_per_target`): the `sdi` "
-            "rows are preset `fast` with that change, not the main job.")
+    return (f"Every method here {' and '.join(changes)}: the `sdi` rows are preset `fast` with that change, "
+            "not the main job.")

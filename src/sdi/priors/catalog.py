@@ -14,6 +14,11 @@ The renders depend only on the camera (and on the colour behind the object, ``Ca
 composites its renders over random colours): they are made once per batch of cameras and kept for the next call
 with the same cameras, so every denoiser call of a training step (the inversion included) reuses them. A negative
 timestep label (the authors' -99 of the clean image) reads a(0).
+
+``joint_views``: a multi-view prior (as MVDream is to Stable Diffusion). The batch of cameras is one sample of
+the object seen from each of them: one posterior over the variants for the whole batch, from the sum of the
+views' log-likelihoods, so every view of a step is pulled toward the same variant. Each view alone has the same
+distribution as without it (one camera: identical); the default (False) treats each camera as its own sample.
 """
 
 from __future__ import annotations
@@ -57,13 +62,15 @@ class CatalogPrior(PosteriorMeanDenoiser):
     """Closed-form denoiser of a catalog prompt's variants seen from the query cameras (pixel space, [-1, 1])."""
 
     def __init__(self, prompt: str, n_variants: int = N_VARIANTS, n_distractors: int = N_DISTRACTORS,
-                 alphas_cumprod: Tensor | None = None, supersample: int = SUPERSAMPLE, smoothing: float = SMOOTHING):
+                 alphas_cumprod: Tensor | None = None, supersample: int = SUPERSAMPLE, smoothing: float = SMOOTHING,
+                 joint_views: bool = False):
         self.target = parse_prompt(prompt)
         self.variants = catalog_variants(self.target, n_variants)
         self.distractors = distractors(self.target, n_distractors)
         self.alphas_cumprod = sd_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
         self.supersample = supersample
         self.smoothing = smoothing
+        self.joint_views = joint_views
         self.renders = 0
         """Batches of cameras rendered so far (one per training step)."""
         self._cached: tuple[tuple, Tensor, Tensor] | None = None
@@ -107,7 +114,7 @@ class CatalogPrior(PosteriorMeanDenoiser):
         flat, sq_norms = self.exemplars(cameras, *x_t.shape[-2:])
         pick = self.members(prompt)
         mean = exemplar_posterior_mean(x_t.detach().cpu().double().flatten(1), alpha, flat[:, pick], sq_norms[:, pick],
-                                       smoothing=self.smoothing)
+                                       smoothing=self.smoothing, joint=self.joint_views)
         return mean.reshape(x_t.shape).to(x_t.device)
 
 
@@ -118,6 +125,6 @@ def _same_key(a: tuple, b: tuple) -> bool:
     return a[3:] == b[3:] and all(same(x, y) for x, y in zip(a[:3], b[:3]))
 
 
-def build_catalog_prior(prompt: str, alphas_cumprod: Tensor | None = None) -> CatalogPrior:
+def build_catalog_prior(prompt: str, alphas_cumprod: Tensor | None = None, joint_views: bool = False) -> CatalogPrior:
     """The embedded prior of a catalog ``prompt`` (a one-line error for words outside the catalog)."""
-    return CatalogPrior(prompt, alphas_cumprod=alphas_cumprod)
+    return CatalogPrior(prompt, alphas_cumprod=alphas_cumprod, joint_views=joint_views)

@@ -25,19 +25,27 @@ def alpha_at(alphas_cumprod: Tensor, t: Tensor) -> Tensor:
 
 
 def exemplar_posterior_mean(x: Tensor, alpha: Tensor, exemplars: Tensor, sq_norms: Tensor,
-                            log_prior: Tensor | None = None, smoothing: float = 0.0) -> Tensor:
+                            log_prior: Tensor | None = None, smoothing: float = 0.0, joint: bool = False) -> Tensor:
     """E[x0 | x_t = x] (B, D) for exemplars (n, D), or per query (B, n, D), with squared norms (n,) or (B, n),
     levels alpha (B,) and log weights log pi (B, n) or None (uniform). Everything float64.
 
     ``smoothing`` s0 > 0: the data are the exemplars plus N(0, s0^2 I) (a kernel density estimate: a model that
     has not memorized its data below noise s0). x_t = sqrt(a) X_k + s eps with s^2 = a s0^2 + 1 - a, and
-    E[x0 | x_t, k] = X_k + sqrt(a) s0^2 / s^2 (x_t - sqrt(a) X_k)."""
+    E[x0 | x_t, k] = X_k + sqrt(a) s0^2 / s^2 (x_t - sqrt(a) X_k).
+
+    ``joint``: the B rows are views of one sample (exemplar i is the rows' i-th images together, so per-query
+    exemplars): one posterior over i for all rows, its log-likelihood the sum of the rows' (a multi-view model's
+    joint posterior; the rows' log weights add as well)."""
     a = alpha.double().reshape(-1, 1)
     variance = a * smoothing**2 + 1 - a
     # |x - sqrt(a) X|^2 = |x|^2 - 2 sqrt(a) x.X + a |X|^2 ; |x|^2 is constant per row and drops out.
     dots = x @ exemplars.T if exemplars.ndim == 2 else torch.einsum("bd,bnd->bn", x, exemplars)
     logits = (2 * a.sqrt() * dots - a * sq_norms) / (2 * variance)
-    weights = torch.softmax(logits if log_prior is None else logits + log_prior, dim=1)
+    if log_prior is not None:
+        logits = logits + log_prior
+    if joint:
+        logits = logits.sum(0, keepdim=True).expand_as(logits)
+    weights = torch.softmax(logits, dim=1)
     mean = weights @ exemplars if exemplars.ndim == 2 else torch.einsum("bn,bnd->bd", weights, exemplars)
     if smoothing == 0.0:
         return mean

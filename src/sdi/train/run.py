@@ -141,7 +141,7 @@ def load_prior(config: RunConfig, preset: Preset) -> Denoiser:
     if config.prior == "embedded":
         from sdi.priors.catalog import build_catalog_prior
 
-        return build_catalog_prior(config.prompt)
+        return build_catalog_prior(config.prompt, joint_views=preset.joint_views)
     from sdi.priors.stable_diffusion import load_stable_diffusion
 
     return load_stable_diffusion(config.prior[3:], device=run_device(config), options=preset.stable_diffusion)
@@ -357,4 +357,4 @@ def describe(preset: Preset) -> dict:
             "chunk": preset.chunk,
             "stable_diffusion": asdict(preset.stable_diffusion), "render": asdict(preset.render),
             "average_views": preset.average_views, "random_background": preset.random_background,
-            "steps_per_target": preset.steps_per_target}
+            "steps_per_target": preset.steps_per_target, "joint_views": preset.joint_views}
