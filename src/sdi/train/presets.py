@@ -162,8 +162,8 @@ class Preset:
     """The embedded prior as a multi-view prior (``CatalogPrior.joint_views``): one posterior over the variants for
     all of a step's cameras, so the step's views are pulled toward one variant. Stable Diffusion ignores it. SDI on
     the 6 x 3 modes table: 10 of 18 runs clear the main job's bar (single-view: 7), PSNR 23.4 -> 23.9; the dotted
-    sphere and checkered capsule stay at the variants' mean; SDS not rerun on it, so no preset uses it (README,
-    *A mode or the mean*; docs/results/modes-joint-views)."""
+    sphere and checkered capsule stay at the variants' mean (threestudio's SDS on it: 18 of 18); not the main
+    job's prior, whose table compares all three methods (README, *A mode or the mean*; docs/results/modes-joint-views)."""
     average_views: bool = False
     """Distillation loss = the mean of the ``batch`` one-view losses (K-view steps, ``with_views_per_step``), instead
     of the authors' batch loss, which divides by the batch once more."""
