@@ -114,7 +114,7 @@ def modes_report(rows: list[dict], command: str, elapsed: float, workers: int, s
         cells = [mean_std(r["masked_detail_ratio"] for r in ok if r["prompt"] == obj and r["method"] == m)[0]
                  for m in methods]
         lines.append(f"| {obj} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
-    return "\n".join(lines + bar_section(ok, methods, steps_per_target, joint_views)) + "\n"
+    return "\n".join(lines + bar_section(ok, methods, main_job_line(steps_per_target, joint_views))) + "\n"
 
 
 def passes_bar(row: dict) -> bool:
@@ -122,12 +122,13 @@ def passes_bar(row: dict) -> bool:
     return all(float(row[metric]) >= bound for metric, bound in MAIN_JOB_BAR.items())
 
 
-def bar_section(ok: list[dict], methods: list[str], steps_per_target: int = 1, joint_views: bool = False) -> list[str]:
-    """Per object and method: mean PSNR / mask IoU against the nearest variant, and the runs that clear the bar."""
+def bar_section(ok: list[dict], methods: list[str], sdi_column: str) -> list[str]:
+    """Per object and method: mean PSNR / mask IoU against the nearest variant, and the runs that clear the bar;
+    ``sdi_column`` says what the ``sdi`` rows are (``main_job_line``)."""
     from sdi.bench.report import mean_std
     lines = ["", f"## The main job's bar per object: PSNR >= {MAIN_JOB_BAR['psnr']:g} dB and mask IoU >= "
              f"{MAIN_JOB_BAR['mask_iou']:g} against the nearest variant", "",
-             "PSNR / mask IoU (means over seeds), runs that clear both. " + main_job_line(steps_per_target, joint_views), "",
+             "PSNR / mask IoU (means over seeds), runs that clear both. " + sdi_column, "",
              "| object | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for obj in [*dict.fromkeys(r["prompt"] for r in ok), None]:
         cells = []
