@@ -3,10 +3,14 @@
 Each run trains 300 steps of the CPU settings and is scored against its nearest variant and the variant mean
 (``sdi.bench.modes``); runs.csv and report.md go to ``--out``, the report is also printed.
 
-    python benchmarks/bench_modes.py --out docs/results/modes              # 54 runs, ~25 min on 2 cores
+    python benchmarks/bench_modes.py --out docs/results/modes-joint-views  # 54 runs, ~55 min on 2 cores
     python benchmarks/bench_modes.py --objects 1 --seeds 1 --steps 20 --out /tmp/modes-pilot
-    python benchmarks/bench_modes.py --steps-per-target 3 --out docs/results/modes-3-steps-per-target
-    python benchmarks/bench_modes.py --methods sdi --joint-views --out docs/results/modes-joint-views
+    python benchmarks/bench_modes.py --single-view --out docs/results/modes
+    python benchmarks/bench_modes.py --single-view --steps-per-target 3 --out docs/results/modes-3-steps-per-target
+
+Every method runs on the prior of ``fast``, the multi-view form of the embedded prior (``--joint-views``, the
+default); ``--single-view`` is the prior ``fast`` had before (one posterior per camera), and keeps the job keys of
+the runs made with it.
 """
 
 from __future__ import annotations
@@ -32,8 +36,12 @@ def main(argv=None) -> int:
     p.add_argument("--methods", nargs="+", default=list(MODE_METHODS), choices=list(MODE_METHODS))
     p.add_argument("--steps-per-target", type=int, default=1,
                    help="Adam steps per distillation target for every method (Preset.steps_per_target)")
-    p.add_argument("--joint-views", action="store_true",
-                   help="the embedded prior as a multi-view prior: one posterior for each step's cameras (Preset.joint_views)")
+    prior = p.add_mutually_exclusive_group()
+    prior.add_argument("--joint-views", dest="joint_views", action="store_true", default=True,
+                       help="the embedded prior as a multi-view prior: one posterior for each step's cameras "
+                            "(Preset.joint_views; fast's prior, the default)")
+    prior.add_argument("--single-view", dest="joint_views", action="store_false",
+                       help="one posterior per camera (fast's prior before it took the multi-view one)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--resume", action="store_true", help="keep the rows of runs.csv that finished")
     p.add_argument("--quiet", action="store_true")

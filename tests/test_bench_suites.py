@@ -205,23 +205,28 @@ def test_modes_grid_passes_steps_per_target_to_every_method_and_says_so(tmp_path
     assert "are the main job" in modes.modes_report(rows, "cmd", 1.0, 1)
 
 
-def test_modes_grid_passes_joint_views_to_the_prior_of_every_method_and_says_so(tmp_path):
-    """--joint-views reaches the embedded prior each job loads; without it the job keys are those made before."""
+def test_modes_grid_runs_on_fasts_multi_view_prior_unless_told_single_view_and_says_so(tmp_path):
+    """By default every job loads fast's multi-view prior; --single-view reaches the prior of every method, and its
+    job keys are those made before fast took the multi-view prior (params without joint_views)."""
     from sdi.bench import modes
+    from sdi.train.presets import FAST
     from sdi.train.run import RunConfig, load_prior
 
     cube = ("a red cube with white stripes",)
-    plain = modes.grid_modes(tmp_path, objects=cube, seeds=1, steps=6)
-    joint = modes.grid_modes(tmp_path, objects=cube, seeds=1, steps=6, joint_views=True)
-    assert all("joint_views" not in j.params_dict for j in plain) and all(j.params_dict["joint_views"] for j in joint)
-    assert {j.key for j in plain}.isdisjoint(j.key for j in joint)
+    joint = modes.grid_modes(tmp_path, objects=cube, seeds=1, steps=6)
+    single = modes.grid_modes(tmp_path, objects=cube, seeds=1, steps=6, joint_views=False)
+    assert all(j.params_dict["joint_views"] for j in joint) and all("joint_views" not in j.params_dict for j in single)
+    assert {j.key for j in single}.isdisjoint(j.key for j in joint)
+    assert FAST.joint_views and load_prior(RunConfig(cube[0], "fast", "embedded", 6, 0), FAST).joint_views
     for m in modes.MODE_METHODS:
-        preset = modes.mode_preset(m, 6, joint_views=True)
-        assert load_prior(RunConfig(cube[0], "fast", "embedded", 6, 0), preset).joint_views
-        assert not load_prior(RunConfig(cube[0], "fast", "embedded", 6, 0), modes.mode_preset(m, 6)).joint_views
+        assert load_prior(RunConfig(cube[0], "fast", "embedded", 6, 0), modes.mode_preset(m, 6)).joint_views
+        preset = modes.mode_preset(m, 6, joint_views=False)
+        assert not load_prior(RunConfig(cube[0], "fast", "embedded", 6, 0), preset).joint_views
+    assert modes.mode_preset("sdi", FAST.steps) == replace(FAST, name="sdi")  # the sdi rows are the main job
     rows = [{"status": "ok", "method": "sdi", "prompt": "p", **dict.fromkeys(modes.METRICS, 0.5)}]
-    assert "multi-view" in modes.modes_report(rows, "cmd", 1.0, 1, joint_views=True)
-    assert "not the main job" in modes.modes_report(rows, "cmd", 1.0, 1, joint_views=True)
+    assert "single-view" in modes.modes_report(rows, "cmd", 1.0, 1, joint_views=False)
+    assert "not the main job" in modes.modes_report(rows, "cmd", 1.0, 1, joint_views=False)
+    assert "are the main job" in modes.modes_report(rows, "cmd", 1.0, 1)
 
 
 def test_modes_table_trains_each_method_and_reports_mode_or_mean(tmp_path):

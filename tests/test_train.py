@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 
 import imageio.v2 as imageio
@@ -20,7 +21,7 @@ from sdi.diffusion.denoiser import CountingDenoiser
 from sdi.train.checkpoint import load_checkpoint, save_checkpoint
 from sdi.train.loop import TrainingDiverged, new_state, train, training_step
 from sdi.train.presets import FAST, PRESETS, SDI_PAPER, cpu_sized, gpu_sized
-from sdi.train.run import CHECKPOINT, RunConfig, restore_state, run_device, save_state, train_run
+from sdi.train.run import CHECKPOINT, CONFIG, RunConfig, restore_state, run_device, save_state, train_run
 
 TINY_PROMPT, TINY_RESOLUTION = "a red cube", 16  # as in conftest.py
 
@@ -326,3 +327,25 @@ def test_exports_of_a_tiny_run_load(generated_run):
     assert metrics["peak_memory_mb"] > 0  # reported for every run (CUDA allocations or resident set)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["run"]["resolution"] == TINY_RESOLUTION and config["preset"]["resolution"] == TINY_RESOLUTION
+
+
+def test_resume_refuses_a_run_started_on_another_version_of_its_preset(tmp_path, tiny_preset, monkeypatch):
+    """A run begun before ``fast`` took the multi-view prior records no ``joint_views``: resuming it on today's
+    preset would switch priors mid-run, so it is refused in one line; a matching record resumes."""
+    from sdi.train.checkpoint import CheckpointError
+
+    config = RunConfig(TINY_PROMPT, "tiny", seed=1)
+    with monkeypatch.context() as m:
+        kill_at(m, 3)
+        with pytest.raises(Killed):
+            train_run(tmp_path, config, progress=False)
+    recorded = json.loads((tmp_path / CONFIG).read_text())
+    assert recorded["preset"]["joint_views"] is True and "at 0x" in recorded["preset"]["rule"]
+    del recorded["preset"]["joint_views"]  # as written before the field existed
+    recorded["preset"]["rule"] = re.sub(r" at 0x[0-9a-f]+", " at 0xdead", recorded["preset"]["rule"])  # another process
+    (tmp_path / CONFIG).write_text(json.dumps(recorded))
+    with pytest.raises(CheckpointError, match=r"another 'tiny' preset .*differs in joint_views.*--overwrite"):
+        train_run(tmp_path, config, resume=True, progress=False)
+    with monkeypatch.context() as m:  # the preset as that version had it: resumes
+        m.setitem(PRESETS, "tiny", replace(tiny_preset, joint_views=False))
+        assert train_run(tmp_path, config, resume=True, progress=False)["steps"] == 6

@@ -36,9 +36,9 @@ METRICS = ("masked_detail_ratio", "detail_ratio", "psnr", "mask_iou", "rms_to_ne
            "train_s")
 
 
-def mode_preset(method: str, steps: int, steps_per_target: int = 1, joint_views: bool = False):
-    """The CPU preset of ``method`` at CFG 7.5 with ``steps`` steps of ``steps_per_target`` Adam steps per target
-    (``joint_views``: on the multi-view form of the embedded prior)."""
+def mode_preset(method: str, steps: int, steps_per_target: int = 1, joint_views: bool = True):
+    """The CPU preset of ``method`` at CFG 7.5 with ``steps`` steps of ``steps_per_target`` Adam steps per target,
+    on the multi-view form of the embedded prior (``fast``'s) or, with ``joint_views=False``, the single-view one."""
     from sdi.distill.sds import sds, sds_threestudio
     from sdi.train.presets import FAST
 
@@ -50,8 +50,9 @@ def mode_preset(method: str, steps: int, steps_per_target: int = 1, joint_views:
 
 
 def grid_modes(runs_dir: Path, objects=MODE_OBJECTS, seeds: int = 3, steps: int = 300, methods=MODE_METHODS,
-               steps_per_target: int = 1, joint_views: bool = False) -> list[Job]:
-    """One job per method x object x seed."""
+               steps_per_target: int = 1, joint_views: bool = True) -> list[Job]:
+    """One job per method x object x seed. The params name the prior only when it is the multi-view one, so the
+    single-view runs keep the job keys (and ``--resume``) they had before ``fast`` took the multi-view prior."""
     for m in methods:
         mode_preset(m, steps, steps_per_target, joint_views)
     params = {"steps": steps, "runs_dir": str(Path(runs_dir).resolve())}
@@ -79,7 +80,7 @@ def job_modes(job: Job) -> dict:
 
 
 def modes_report(rows: list[dict], command: str, elapsed: float, workers: int, steps_per_target: int = 1,
-                 joint_views: bool = False) -> str:
+                 joint_views: bool = True) -> str:
     """The report in Markdown: per method means (std) over every run, who is nearer the mean, per-object detail,
     and per object the runs that clear the main job's bar."""
     from sdi.bench.report import mean_std  # matplotlib: not on the import path of the bench workers
@@ -140,10 +141,10 @@ def bar_section(ok: list[dict], methods: list[str], sdi_column: str) -> list[str
     return lines
 
 
-def main_job_line(steps_per_target: int, joint_views: bool = False) -> str:
+def main_job_line(steps_per_target: int, joint_views: bool = True) -> str:
     """What the ``sdi`` column is: the main job itself, or ``fast`` with other steps per target or prior."""
     changes = ([f"takes {steps_per_target} Adam steps per target (`Preset.steps_per_target`)"] * (steps_per_target != 1)
-               + ["runs on the multi-view form of the embedded prior (`Preset.joint_views`)"] * joint_views)
+               + ["runs on the single-view form of the embedded prior (`Preset.joint_views` False)"] * (not joint_views))
     if not changes:
         return "The `sdi` rows are the main job (`sdi generate`, preset `fast`) on each prompt and seed."
     return (f"Every method here {' and '.join(changes)}: the `sdi` rows are preset `fast` with that change, "

@@ -19,6 +19,7 @@ timestep label (the authors' -99 of the clean image) reads a(0).
 the object seen from each of them: one posterior over the variants for the whole batch, from the sum of the
 views' log-likelihoods, so every view of a step is pulled toward the same variant. Each view alone has the same
 distribution as without it (one camera: identical); the default (False) treats each camera as its own sample.
+``fast`` and every CPU preset turn it on (``Preset.joint_views``).
 """
 
 from __future__ import annotations

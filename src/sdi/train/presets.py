@@ -160,10 +160,11 @@ class Preset:
     docs/results/modes-3-steps-per-target)."""
     joint_views: bool = False
     """The embedded prior as a multi-view prior (``CatalogPrior.joint_views``): one posterior over the variants for
-    all of a step's cameras, so the step's views are pulled toward one variant. Stable Diffusion ignores it. SDI on
-    the 6 x 3 modes table: 10 of 18 runs clear the main job's bar (single-view: 7), PSNR 23.4 -> 23.9; the dotted
-    sphere and checkered capsule stay at the variants' mean (threestudio's SDS on it: 18 of 18); not the main
-    job's prior, whose table compares all three methods (README, *A mode or the mean*; docs/results/modes-joint-views)."""
+    all of a step's cameras, so the step's views are pulled toward one variant. Stable Diffusion ignores it. ``fast``
+    (and every CPU preset made from it) uses it: on the 6 x 3 modes table SDI clears the main job's bar in 10 of 18
+    runs against 7 of 18 on the single-view prior, SDS and threestudio's SDS in 18 of 18 against 13 and 16 (README,
+    *A mode or the mean*; docs/results/modes-joint-views, single-view: docs/results/modes). A run started without
+    it is not resumed with it (``check_preset_matches``)."""
     average_views: bool = False
     """Distillation loss = the mean of the ``batch`` one-view losses (K-view steps, ``with_views_per_step``), instead
     of the authors' batch loss, which divides by the batch once more."""
@@ -185,10 +186,11 @@ torus hole stays filled for the whole run (main job on the torus, random backgro
 0.985 with 4)."""
 
 FAST = Preset("fast", lambda: sdi_paper(), lr=0.1, num_samples=32, radiance_field=FAST_FIELD, weights=FAST_WEIGHTS,
-              random_background=0.5)
+              random_background=0.5, joint_views=True)
 """CPU default: SDI with the paper's numbers, dense 48^3 grid, 2 views of 64x64, 32 samples per ray (over the
 1.2-wide box: finer than the former 48 over 2), Adam lr 0.1, 300 steps, half the views over a random colour (white
-floaters on a cone and the white-filled hole of a torus are invisible on white: mask IoU 0.706 -> 0.951 on the cone)."""
+floaters on a cone and the white-filled hole of a torus are invisible on white: mask IoU 0.706 -> 0.951 on the cone),
+the embedded prior as a multi-view prior (``joint_views``: a step's 2 views are pulled toward one variant)."""
 
 PAPER_CAMERAS = CameraSampling(distance=(1.5, 2.0), fovy_deg=(40, 70), elevation_deg=(-10, 45))
 PAPER_WEIGHTS = LossWeights(

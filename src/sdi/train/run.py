@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import resource
 import time
 import typing
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -194,6 +195,28 @@ def check_config_matches(run_dir: Path, config: RunConfig, extra: dict) -> None:
                               "restore the config.json of that checkpoint or start the run again (--overwrite)")
 
 
+def check_preset_matches(run_dir: Path, preset: Preset) -> None:
+    """A one-line error when resuming would continue RUN_DIR's run on another preset than the one config.json
+    describes (a preset an upgrade changed, e.g. ``fast`` taking the multi-view prior): the run would change
+    mid-way. A field config.json does not record predates it, so it is compared with the field's default."""
+    recorded = json.loads((run_dir / CONFIG).read_text()).get("preset")
+    if not isinstance(recorded, dict):
+        return
+    now = json.loads(json.dumps(describe(preset)))
+    defaults = {f.name: f.default for f in fields(Preset) if isinstance(f.default, (bool, int, float, str))}
+    differ = sorted(k for k in now if k in recorded or k in defaults
+                    if _without_addresses(recorded.get(k, defaults.get(k))) != _without_addresses(now[k]))
+    if differ:
+        raise CheckpointError(f"{run_dir} was started on another {preset.name!r} preset than this SDI's (it differs "
+                              f"in {', '.join(differ)}), so resuming would change the run mid-way; finish it with "
+                              "the SDI version that started it, or start it again (--overwrite)")
+
+
+def _without_addresses(value):
+    """``value`` with the memory addresses of function reprs (``<function f at 0x7f...>``) taken out."""
+    return re.sub(r" at 0x[0-9a-f]+", "", value) if isinstance(value, str) else value
+
+
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not a valid JSON number")
 
@@ -252,6 +275,7 @@ def train_run(
         if resume:
             state, extra = restore_state(run_dir, preset, config.seed, device)
             check_config_matches(run_dir, config, extra)
+            check_preset_matches(run_dir, preset)
         else:
             state, extra = new_state(preset, config.seed, device), {"elapsed_s": 0.0, "denoiser_calls": 0}
         checkpoints = Checkpoints(run_dir, config, preset, checkpoint_seconds, replaced, own=resume)
