@@ -204,8 +204,9 @@ def check_preset_matches(run_dir: Path, preset: Preset) -> None:
         return
     now = json.loads(json.dumps(describe(preset)))
     defaults = {f.name: f.default for f in fields(Preset) if isinstance(f.default, (bool, int, float, str))}
-    differ = sorted(k for k in now if k in recorded or k in defaults
-                    if _without_addresses(recorded.get(k, defaults.get(k))) != _without_addresses(now[k]))
+    recorded = {**defaults, **recorded}
+    differ = sorted(k for k in now.keys() & recorded.keys()
+                    if _without_addresses(recorded[k]) != _without_addresses(now[k]))
     if differ:
         raise CheckpointError(f"{run_dir} was started on another {preset.name!r} preset than this SDI's (it differs "
                               f"in {', '.join(differ)}), so resuming would change the run mid-way; finish it with "
