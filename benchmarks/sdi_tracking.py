@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from sdi.bench.report import publish_markdown, script_command
 from sdi.diffusion.guidance import Guidance
 from sdi.distill.rule import Rule, distill_step
 from sdi.distill.sdi import sdi_paper
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
         cells = [cell(rule, prior, camera, stepper, variants, args.seeds) for rule in RULES.values()]
         lines.append(f"| {prompt} | {smoothing} | {stepper.label} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
-    command = shlex.join(["python", "benchmarks/sdi_tracking.py", *(argv if argv is not None else sys.argv[1:])])
+    command = script_command("sdi_tracking.py", argv)
     text = "\n".join([
         "# SDI commits to a mode only when x0 keeps up with its target (2D, one camera, embedded prior)", "",
         f"`{command}` (torch {torch.__version__}, 1 thread, {time.perf_counter() - start:.0f} s; {STEPS} steps "
@@ -127,10 +127,7 @@ def main(argv=None) -> int:
         "| object | s0 | x0 moves by | SDI to nearest | SDI to mean | SDI at a mode | SDS to nearest | SDS to mean "
         "| SDS at a mode |", "|---|---|---|---|---|---|---|---|---|", *lines, "",
         NOTE, ""])
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    publish_markdown(text, args.out)
     return 0
 
 

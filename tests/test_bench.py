@@ -21,7 +21,7 @@ from skimage.metrics import structural_similarity
 
 import sdi.bench.runner as runner
 from sdi import metrics
-from sdi.bench.report import line_plot, summarize, write_report
+from sdi.bench.report import line_plot, publish_markdown, script_command, summarize, write_report
 from sdi.bench.runner import ROW_COLUMNS, Job, read_runs, run_grid
 from sdi.bench.selftest import FIX_ENV
 from sdi.errors import UserError
@@ -312,6 +312,15 @@ def test_summarize_means_and_counts():
     q = [0.8 + 0.01 * sd + 0.001 * st for sd in range(3) for st in (3, 10)]
     assert s["sdi"]["quality"][0] == pytest.approx(np.mean(q))
     assert s["sdi"]["quality"][1] == pytest.approx(np.std(q, ddof=1))
+
+
+def test_publish_markdown_prints_and_writes_into_new_folders_and_quotes_the_command(tmp_path, capsys):
+    out = tmp_path / "a" / "b" / "report.md"
+    publish_markdown("# T\n| x |\n", out)
+    publish_markdown("# not written\n", None)
+    assert out.read_text() == "# T\n| x |\n" and capsys.readouterr().out == "# T\n| x |\n\n# not written\n\n"
+    assert list(out.parent.iterdir()) == [out]  # no temporary file left beside it
+    assert script_command("kappa_norm.py", ["--out", "a b.md"]) == "python benchmarks/kappa_norm.py --out 'a b.md'"
 
 
 def test_write_report_markdown_and_pngs(tmp_path):

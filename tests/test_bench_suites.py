@@ -180,6 +180,26 @@ def test_sdi_tracking_probe_scores_against_the_variants_at_one_camera():
         assert x.shape == (1, 3, tracking.SIZE, tracking.SIZE) and torch.isfinite(x).all() and x.abs().max() > 0
 
 
+def test_kappa_norm_probe_inverts_a_variant_to_a_far_smaller_noise_than_a_prior_sample():
+    """benchmarks/kappa_norm.py: under the embedded prior a variant's render inverts to a noise several times
+    smaller than one of the prior's own samples does, and the recording estimator hands kappa on unchanged."""
+    probe = _load_script("kappa_norm")
+    prior = probe.CatalogPrior("a red cube with white stripes", joint_views=True)
+    cameras = probe.two_cameras()
+    flat, _ = prior.exemplars(cameras, probe.SIZE, probe.SIZE)
+    variant = flat[:, 0].float().reshape(2, 3, probe.SIZE, probe.SIZE)
+    sample = variant + prior.smoothing * torch.randn(variant.shape, generator=torch.Generator().manual_seed(1))
+    small, typical = (probe.inversion_rms(prior, cameras, x, 500) for x in (variant, sample))
+    assert small < typical / 4 and 0.5 < typical < 1.0
+    inner = probe.Inversion(cfg=-7.5)
+    recording = probe.Recording(inner)
+    rule = replace(probe.sdi_paper(), noise=recording)
+    update = probe.distill_update(rule, prior, variant, probe.Levels(500, 500), prior.target.prompt,
+                                  torch.Generator().manual_seed(0), {}, cameras)
+    assert recording.seen == [(500, pytest.approx(small))]
+    assert probe.rms(update.noise.kappa) == pytest.approx(small)
+
+
 def test_modes_report_counts_the_runs_that_clear_the_main_job_bar():
     """PSNR >= 24 and mask IoU >= 0.93, both: of (25, 0.95), (23, 0.99), (30, 0.92) only the first clears it."""
     from sdi.bench import modes

@@ -195,3 +195,16 @@ def write_report(
         lines += [f"| {r.get('key', '')} | {str(r.get('error', '')).replace('|', '/')[:300]} |" for r in failed]
         lines.append("")
     return Path(atomic_write_text(out_dir / "report.md", "\n".join(lines)))
+
+
+def script_command(script: str, argv: Sequence[str] | None = None) -> str:
+    """The command line of ``benchmarks/<script>`` with ``argv`` (default: this process's arguments), to quote."""
+    return shlex.join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def publish_markdown(text: str, out: str | Path | None) -> None:
+    """Print a benchmark's Markdown and, if ``out`` is given, write it there atomically (folders made)."""
+    print(text)
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, text)
