@@ -34,8 +34,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--methods", nargs="+", default=list(MODE_METHODS), choices=list(MODE_METHODS))
-    p.add_argument("--steps-per-target", type=int, default=1,
-                   help="Adam steps per distillation target for every method (Preset.steps_per_target)")
+    p.add_argument("--steps-per-target", type=int, default=None,
+                   help="Adam steps per distillation target for every method (Preset.steps_per_target); default: each "
+                        "method's own (fast's 3 for SDI, 1 for the SDS baselines)")
     prior = p.add_mutually_exclusive_group()
     prior.add_argument("--joint-views", dest="joint_views", action="store_true", default=True,
                        help="the embedded prior as a multi-view prior: one posterior for each step's cameras "

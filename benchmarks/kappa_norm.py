@@ -1,17 +1,20 @@
-"""Why SDI's kappa is mostly its entropy term on the embedded prior: the render's own inversion is nearly zero.
+"""What SDI's kappa is on the embedded prior, and whether the variants' mean (the blur) holds SDI's target.
 
 SDI's kappa is the DDIM inversion of the render (Eq. 8's root) plus the entropy term 0.3 N(0, I). The embedded prior
-is a mixture of a prompt's variants, each widened by N(0, s0^2 I): its own samples lie s0 per pixel from a variant,
-and the DDIM inversion of such a sample is a noise of RMS 0.5-1 (part 1, "prior sample"). The images a run renders
-(a variant, the variants' mean, anything between) lie within ~0.2 per pixel of the variants, at the centre of the
-mixture, and invert to a much smaller noise. Through a run, SDI's kappa is then its entropy term plus a small part
-from the render (part 2), where SDS draws a noise of RMS 1: the draw that picks the mode SDI's target lands on is
-a third the size of SDS's.
+is a mixture of a prompt's variants, each widened by N(0, s0^2 I): its own samples lie s0 per pixel from a variant
+and invert to a noise of RMS 0.5-1 (part 1, "prior sample"), while the images a run renders (a variant, the
+variants' mean, anything between) lie within ~0.2 per pixel of the variants and invert to a much smaller noise.
+Through a run, SDI's kappa is then mostly its entropy term (part 2), where SDS draws a noise of RMS 1.
+
+Part 3 asks whether the blur holds: it moves the variants' mean a little towards one variant and measures how far
+each rule's target leans the same way, over how far the image leant (the gain). Above 1 the blur repels, and a run
+that reaches it leaves it; below 1 it attracts.
 
 Part 1 (seconds): kappa RMS of the inversion alone (``fast``'s: CFG -7.5, int(10 t) steps, no entropy) of variant 0,
 of the variants' mean and of one of the prior's own samples (variant 0 + s0 z), at two held-out cameras, for the
-six objects of the modes table, on the multi-view prior at the default s0 and at s0 = 0.3. Part 2 (``--train``, ~4 min): kappa RMS through a 300-step
-``fast`` run, SDI and SDS (CFG 7.5) on one object, in bins of t.
+six objects of the modes table, on the multi-view prior at the default s0 and at s0 = 0.3. Part 2 (``--train``,
+~3 min): kappa RMS through a 300-step ``fast`` run, SDI and SDS (CFG 7.5) on one object, in bins of t. Part 3
+(~20 s): the gains of SDI (the paper's inversion, and a 50-step one) and of SDS at four levels, same cameras.
 
     python benchmarks/kappa_norm.py --train --out docs/results/kappa-norm.md
 """
@@ -41,6 +44,14 @@ SIZE = 64
 SMOOTHINGS = (SMOOTHING, 0.3)
 TRAIN_OBJECT = "a yellow capsule with blue checkers"
 T_BINS = ((800, 1000), (600, 800), (400, 600), (200, 400))
+GAIN_LEVELS = (200, 400, 600, 800)
+LEAN, LEANS_TO = 0.05, (1, 2, 3, 4)
+"""Part 3's image: the variants' mean moved 5% of the way to variant k, for each k here."""
+FINE_INVERSION = 50
+"""Inversion steps of part 3's second SDI column (the paper's int(10 t) is 2-8 at these levels)."""
+SDS_DRAWS = 8
+TAU_MEAN = 17
+"""tau at its mean (1/60 of the 1000 levels) for part 3's SDI targets."""
 
 
 def two_cameras() -> Cameras:
@@ -74,6 +85,51 @@ def static_rows() -> list[str]:
             spread = rms(variants - variants.mean(1, keepdim=True))
             rows.append(f"| {prompt} | {s0:g} | {spread:.3f} | " + " | ".join(cells) + " |")
             print(rows[-1], flush=True)
+    return rows
+
+
+def variant_renders(prior: CatalogPrior, cameras: Cameras) -> torch.Tensor:
+    """(B, K, 3, H, W) float32 renders of the prior's K variants at the B cameras."""
+    flat, _ = prior.exemplars(cameras, SIZE, SIZE)
+    return flat[:, :len(prior.variants)].float().reshape(len(cameras.c2w), -1, 3, SIZE, SIZE)
+
+
+def lean_gain(target: torch.Tensor, mean: torch.Tensor, direction: torch.Tensor, lean: float) -> float:
+    """How far ``target`` leans along ``direction`` from ``mean``, over the ``lean`` of the image it was made from:
+    1 = as far as the image, > 1 = further (the mean repels), < 1 = back (the mean attracts)."""
+    return ((target - mean) * direction).sum().item() / direction.pow(2).sum().item() / lean
+
+
+def blur_gains(prompt: str, t: int) -> list[float]:
+    """Mean ``lean_gain`` at level t of the targets made from the variants' mean leaning by ``LEAN`` towards each
+    of ``LEANS_TO``: SDI with the paper's inversion, SDI with ``FINE_INVERSION`` steps (both without entropy,
+    tau at its mean), and SDS's target averaged over ``SDS_DRAWS`` noises."""
+    cameras = two_cameras()
+    prior = CatalogPrior(prompt, joint_views=True)
+    variants = variant_renders(prior, cameras)
+    mean = variants.mean(1)
+    paper = sdi_paper(entropy=0.0)
+    rules = (paper, replace(paper, noise=Inversion(cfg=-7.5, steps=FINE_INVERSION)))
+    gains = [[], [], []]
+    for k in LEANS_TO:
+        direction = variants[:, k] - mean
+        x0 = mean + LEAN * direction
+        for i, rule in enumerate(rules):
+            update = distill_update(rule, prior, x0, Levels(t, t + TAU_MEAN), prompt, torch.Generator(), {}, cameras)
+            gains[i].append(lean_gain(update.target.float(), mean, direction, LEAN))
+        targets = [distill_update(sds(cfg=7.5), prior, x0, Levels(t, t), prompt, torch.Generator().manual_seed(s), {},
+                                  cameras).target.float() for s in range(SDS_DRAWS)]
+        gains[2].append(lean_gain(torch.stack(targets).mean(0), mean, direction, LEAN))
+    return [sum(g) / len(g) for g in gains]
+
+
+def gain_rows() -> list[str]:
+    """Part 3: one row per object, the three gains at each of ``GAIN_LEVELS``."""
+    rows = []
+    for prompt in MODE_OBJECTS:
+        cells = [" / ".join(f"{g:.2f}" for g in blur_gains(prompt, t)) for t in GAIN_LEVELS]
+        rows.append(f"| {prompt} | " + " | ".join(cells) + " |")
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -132,6 +188,14 @@ def main(argv=None) -> int:
                   "SDI's kappa includes its entropy term 0.3 N(0, I): an RMS of 0.30 is entropy alone.", "",
                   f"| rule | {bins} | PSNR nearest | RMS nearest | RMS mean |", "|---|" + "---|" * (len(T_BINS) + 3),
                   *train_rows(args.workdir)]
+    lines += ["", "## 3. Does the blur hold? The gain of each rule's target at the variants' mean", "",
+              f"The image is the variants' mean leaning {LEAN:g} of the way towards variant k (k in {LEANS_TO}, "
+              "gains averaged); gain = how far the target leans the same way, over that: > 1, the mean repels (the "
+              "run leaves it); < 1, it attracts. Cells: SDI with the paper's int(10 t) inversion steps / SDI with "
+              f"{FINE_INVERSION} inversion steps (both without entropy) / SDS's target averaged over {SDS_DRAWS} "
+              "noises.", "",
+              "| object | " + " | ".join(f"t = {t}" for t in GAIN_LEVELS) + " |", "|---|" + "---|" * len(GAIN_LEVELS),
+              *gain_rows()]
     command = script_command("kappa_norm.py", argv)
     text = "\n".join(["# What SDI's kappa is on the embedded prior", "",
                       f"`{command}` (torch {torch.__version__}, 1 thread, {time.perf_counter() - start:.0f} s)", "",

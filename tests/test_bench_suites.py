@@ -96,7 +96,7 @@ def test_fit_trains_an_unregistered_preset_through_train_run(tmp_path, catalog_p
     from sdi.train.run import RunConfig
 
     config = RunConfig(TINY_PROMPT, "fast", "embedded", 2, 0, TINY_RESOLUTION)
-    preset = replace(config.resolved_preset(), rule=lambda: sds(cfg=3.0), num_samples=16)
+    preset = replace(config.resolved_preset(), rule=lambda: sds(cfg=3.0), num_samples=16, steps_per_target=1)
     scene, trained = suites.fit(tmp_path / "run", config, preset)
     assert trained["steps"] == 2 and trained["denoiser_calls"] == 2 and trained["train_s"] > 0
     written = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -200,6 +200,18 @@ def test_kappa_norm_probe_inverts_a_variant_to_a_far_smaller_noise_than_a_prior_
     assert probe.rms(update.noise.kappa) == pytest.approx(small)
 
 
+def test_kappa_norm_lean_gain_is_one_for_the_image_itself_and_sds_repels_the_cubes_blur():
+    """lean_gain: the image itself leans 1, the mean 0, twice the lean 2. On the cube, SDS's target, averaged over
+    noises, leans further than the image (the blur repels it), as the committed part 3 reports (~20x)."""
+    probe = _load_script("kappa_norm")
+    mean, direction = torch.zeros(2, 3, 4, 4), torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    image = mean + 0.05 * direction
+    gains = [probe.lean_gain(x, mean, direction, 0.05) for x in (image, mean, mean + 0.1 * direction)]
+    assert gains == pytest.approx([1.0, 0.0, 2.0])
+    sdi_paper, sdi_fine, sds = probe.blur_gains("a red cube with white stripes", 400)
+    assert sds > 2 and all(math.isfinite(g) for g in (sdi_paper, sdi_fine))
+
+
 def test_modes_report_counts_the_runs_that_clear_the_main_job_bar():
     """PSNR >= 24 and mask IoU >= 0.93, both: of (25, 0.95), (23, 0.99), (30, 0.92) only the first clears it."""
     from sdi.bench import modes
@@ -211,17 +223,24 @@ def test_modes_report_counts_the_runs_that_clear_the_main_job_bar():
 
 
 def test_modes_grid_passes_steps_per_target_to_every_method_and_says_so(tmp_path):
-    """--steps-per-target K reaches each job's preset; K = 1 keeps the job keys of the runs made before the option."""
+    """By default each method takes its own preset's Adam steps per target (fast's 3 for SDI, 1 for SDS: its job
+    keys are those made before); --steps-per-target K reaches every method's preset and the report says so; SDI's
+    jobs name fast's inversion steps, so no run of a former fast is resumed as today's."""
     from sdi.bench import modes
+    from sdi.train.presets import FAST, FAST_INVERSION_STEPS
 
-    plain = modes.grid_modes(tmp_path, objects=("a red cube with white stripes",), seeds=1, steps=6)
-    three = modes.grid_modes(tmp_path, objects=("a red cube with white stripes",), seeds=1, steps=6, steps_per_target=3)
-    assert all("steps_per_target" not in j.params_dict for j in plain)
-    assert all(j.params_dict["steps_per_target"] == 3 for j in three)
-    assert {j.key for j in plain}.isdisjoint(j.key for j in three)
-    assert all(modes.mode_preset(m, 6, 3).steps_per_target == 3 for m in modes.MODE_METHODS)
+    cube = ("a red cube with white stripes",)
+    plain = {j.method: j for j in modes.grid_modes(tmp_path, objects=cube, seeds=1, steps=6)}
+    five = modes.grid_modes(tmp_path, objects=cube, seeds=1, steps=6, steps_per_target=5)
+    assert "steps_per_target" not in plain["sds"].params_dict and "inversion_steps" not in plain["sds"].params_dict
+    assert plain["sdi"].params_dict["steps_per_target"] == FAST.steps_per_target == 3
+    assert plain["sdi"].params_dict["inversion_steps"] == FAST_INVERSION_STEPS
+    assert all(j.params_dict["steps_per_target"] == 5 for j in five)
+    assert {j.key for j in plain.values()}.isdisjoint(j.key for j in five)
+    assert all(modes.mode_preset(m, 6, 5).steps_per_target == 5 for m in modes.MODE_METHODS)
+    assert [modes.mode_preset(m, 6).steps_per_target for m in modes.MODE_METHODS] == [3, 1, 1]
     rows = [{"status": "ok", "method": "sdi", "prompt": "p", **dict.fromkeys(modes.METRICS, 0.5)}]
-    assert "not the main job" in modes.modes_report(rows, "cmd", 1.0, 1, steps_per_target=3)
+    assert "not the main job" in modes.modes_report(rows, "cmd", 1.0, 1, steps_per_target=5)
     assert "are the main job" in modes.modes_report(rows, "cmd", 1.0, 1)
 
 

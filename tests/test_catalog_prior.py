@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -133,6 +135,7 @@ def test_variants_share_the_geometry_and_differ_in_the_pattern():
 def test_a_training_step_renders_the_exemplars_once(tiny_preset):
     from sdi.train.loop import new_state, training_step
 
+    tiny_preset = replace(tiny_preset, steps_per_target=1)  # a target, hence a render, every step
     prior = CatalogPrior("a red cube")
     denoiser = CountingDenoiser(prior)
     state = new_state(tiny_preset, 0)

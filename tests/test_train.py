@@ -332,8 +332,11 @@ def test_exports_of_a_tiny_run_load(generated_run):
 def test_resume_refuses_a_run_started_on_another_version_of_its_preset(tmp_path, tiny_preset, monkeypatch):
     """A run begun before ``fast`` took the multi-view prior records no ``joint_views``: resuming it on today's
     preset would switch priors mid-run, so it is refused in one line; a matching record resumes."""
+    from sdi.distill.sdi import sdi_paper
     from sdi.train.checkpoint import CheckpointError
 
+    tiny_preset = replace(tiny_preset, rule=lambda: sdi_paper())  # the paper's int(10 t): a function in the repr
+    monkeypatch.setitem(PRESETS, "tiny", tiny_preset)
     config = RunConfig(TINY_PROMPT, "tiny", seed=1)
     with monkeypatch.context() as m:
         kill_at(m, 3)

@@ -25,8 +25,8 @@ MODE_OBJECTS = (
 """The six catalog objects of the table: all patterned, so that their variants are distinct modes."""
 
 MODE_METHODS = ("sdi", "sds", "sds-threestudio")
-"""SDI (``fast``: the paper's numbers), SDS (Eq. 3 CFG, w = sigma), threestudio's SDS (w = 1 - a, uniform t), all at
-CFG 7.5."""
+"""SDI (``fast``: the paper's numbers, a 50-step inversion, 3 Adam steps per target), SDS (Eq. 3 CFG, w = sigma),
+threestudio's SDS (w = 1 - a, uniform t), all at CFG 7.5."""
 
 MAIN_JOB_BAR = {"psnr": 24.0, "mask_iou": 0.93}
 """Issue 10's bar for the main job and every other catalog prompt: against the nearest variant at the 8 held-out
@@ -36,31 +36,37 @@ METRICS = ("masked_detail_ratio", "detail_ratio", "psnr", "mask_iou", "rms_to_ne
            "train_s")
 
 
-def mode_preset(method: str, steps: int, steps_per_target: int = 1, joint_views: bool = True):
-    """The CPU preset of ``method`` at CFG 7.5 with ``steps`` steps of ``steps_per_target`` Adam steps per target,
-    on the multi-view form of the embedded prior (``fast``'s) or, with ``joint_views=False``, the single-view one."""
+def mode_preset(method: str, steps: int, steps_per_target: int | None = None, joint_views: bool = True):
+    """The CPU preset of ``method`` at CFG 7.5 with ``steps`` steps of ``steps_per_target`` Adam steps per target
+    (None: the method's own, ``fast``'s 3 for SDI, the SDS presets' 1), on the multi-view form of the embedded prior
+    (``fast``'s) or, with ``joint_views=False``, the single-view one."""
     from sdi.distill.sds import sds, sds_threestudio
-    from sdi.train.presets import FAST
+    from sdi.train.presets import FAST, SDS
 
     rules = {"sdi": FAST.rule, "sds": lambda: sds(cfg=7.5), "sds-threestudio": lambda: sds_threestudio(cfg=7.5)}
     if method not in rules:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(rules)}")
-    return replace(FAST, name=method, rule=rules[method], steps=steps, steps_per_target=steps_per_target,
-                   joint_views=joint_views)
+    own = FAST.steps_per_target if method == "sdi" else SDS.steps_per_target
+    return replace(FAST, name=method, rule=rules[method], steps=steps, joint_views=joint_views,
+                   steps_per_target=own if steps_per_target is None else steps_per_target)
 
 
 def grid_modes(runs_dir: Path, objects=MODE_OBJECTS, seeds: int = 3, steps: int = 300, methods=MODE_METHODS,
-               steps_per_target: int = 1, joint_views: bool = True) -> list[Job]:
-    """One job per method x object x seed. The params name the prior only when it is the multi-view one, so the
-    single-view runs keep the job keys (and ``--resume``) they had before ``fast`` took the multi-view prior."""
-    for m in methods:
-        mode_preset(m, steps, steps_per_target, joint_views)
-    params = {"steps": steps, "runs_dir": str(Path(runs_dir).resolve())}
-    if steps_per_target != 1:  # the default keeps the job keys (and --resume) of the runs made before the option
-        params["steps_per_target"] = steps_per_target
+               steps_per_target: int | None = None, joint_views: bool = True) -> list[Job]:
+    """One job per method x object x seed. The params name the prior only when it is the multi-view one, the Adam
+    steps per target only when not 1, and SDI's inversion steps since ``fast`` took its 50, so that the runs made
+    before keep their job keys (and ``--resume``) and no run of a former ``fast`` is taken for one of today's."""
+    from sdi.train.presets import FAST_INVERSION_STEPS
+
+    base = {"steps": steps, "runs_dir": str(Path(runs_dir).resolve())}
     if joint_views:
-        params["joint_views"] = True
-    return [Job("modes", m, o, s, params) for o in objects for s in range(seeds) for m in methods]
+        base["joint_views"] = True
+    params = {}
+    for m in methods:
+        own = mode_preset(m, steps, steps_per_target, joint_views).steps_per_target
+        params[m] = {**base, **({"steps_per_target": own} if own != 1 else {}),
+                     **({"inversion_steps": FAST_INVERSION_STEPS} if m == "sdi" else {})}
+    return [Job("modes", m, o, s, params[m]) for o in objects for s in range(seeds) for m in methods]
 
 
 def job_modes(job: Job) -> dict:
@@ -79,7 +85,7 @@ def job_modes(job: Job) -> dict:
     return {**evaluate_scene(scene, job.prompt), "train_s": info["train_s"], "denoiser_calls": info["denoiser_calls"]}
 
 
-def modes_report(rows: list[dict], command: str, elapsed: float, workers: int, steps_per_target: int = 1,
+def modes_report(rows: list[dict], command: str, elapsed: float, workers: int, steps_per_target: int | None = None,
                  joint_views: bool = True) -> str:
     """The report in Markdown: per method means (std) over every run, who is nearer the mean, per-object detail,
     and per object the runs that clear the main job's bar."""
@@ -141,9 +147,10 @@ def bar_section(ok: list[dict], methods: list[str], sdi_column: str) -> list[str
     return lines
 
 
-def main_job_line(steps_per_target: int, joint_views: bool = True) -> str:
+def main_job_line(steps_per_target: int | None = None, joint_views: bool = True) -> str:
     """What the ``sdi`` column is: the main job itself, or ``fast`` with other steps per target or prior."""
-    changes = ([f"takes {steps_per_target} Adam steps per target (`Preset.steps_per_target`)"] * (steps_per_target != 1)
+    explicit = steps_per_target is not None
+    changes = ([f"takes {steps_per_target} Adam steps per target (`Preset.steps_per_target`)"] * explicit
                + ["runs on the single-view form of the embedded prior (`Preset.joint_views` False)"] * (not joint_views))
     if not changes:
         return "The `sdi` rows are the main job (`sdi generate`, preset `fast`) on each prompt and seed."

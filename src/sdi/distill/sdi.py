@@ -23,9 +23,11 @@ PERP_NEG = Guidance(perp_neg="embeddings")
 
 
 def sdi_paper(cfg: float = 7.5, inversion_cfg: float = -7.5, entropy: float = 0.3, end: float = 0.2,
-              guidance: Guidance = PERP_NEG) -> Rule:
-    """SDI with the paper's equations and numbers, Perp-Neg on (Eq. 3 CFG on priors without free text)."""
-    noise = WithEntropy(Inversion(cfg=inversion_cfg), entropy)
+              guidance: Guidance = PERP_NEG, inversion_steps: int | None = None) -> Rule:
+    """SDI with the paper's equations and numbers, Perp-Neg on (Eq. 3 CFG on priors without free text).
+    ``inversion_steps``: a fixed number of even inversion steps instead of the paper's int(10 t)."""
+    steps = paper_inversion_steps if inversion_steps is None else inversion_steps
+    noise = WithEntropy(Inversion(cfg=inversion_cfg, steps=steps), entropy)
     return Rule("sdi", AnnealedT(0.98, end, tau_max=1.0 / 30.0), noise, cfg, guidance=guidance)
 
 

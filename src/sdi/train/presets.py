@@ -153,11 +153,10 @@ class Preset:
     steps_per_target: int = 1
     """Adam steps per distillation target: each target is made at one step's cameras and pulled towards for this
     many steps, the same cameras re-rendered each time (the rule's schedule then runs over steps / this targets,
-    so the denoiser is called this many times less). SDI keeps a mode only when the render keeps up with its target;
-    at 3 on the 6 x 3 modes table SDI's masked detail rose 0.38 -> 0.66 but its PSNR to the nearest variant fell
-    23.4 -> 23.1 (its views commit to different variants: 64 of 144 held-out views are nearest to the run's) and
-    both SDS baselines lost 1.7-3.3 dB, so no preset uses it (README, *A mode or the mean*;
-    docs/results/modes-3-steps-per-target)."""
+    so the denoiser is called this many times less). SDI keeps a mode only when the render keeps up with its target.
+    ``fast`` takes 3 (with its 50-step inversion: SDI clears the main job's bar in 14 of 18 runs of the 6 x 3 modes
+    table against 10 of 18 with 1 step and the paper's inversion); the SDS presets keep 1 (at 3 on the single-view
+    table both SDS baselines lost 1.7-3.3 dB: README, *A mode or the mean*; docs/results/modes-3-steps-per-target)."""
     joint_views: bool = False
     """The embedded prior as a multi-view prior (``CatalogPrior.joint_views``): one posterior over the variants for
     all of a step's cameras, so the step's views are pulled toward one variant. Stable Diffusion ignores it. ``fast``
@@ -185,12 +184,20 @@ is 4 high, not DreamFusion's 10: exp(10) is opaque enough that alpha saturates a
 torus hole stays filled for the whole run (main job on the torus, random background on: mask IoU 0.894 with 10,
 0.985 with 4)."""
 
-FAST = Preset("fast", lambda: sdi_paper(), lr=0.1, num_samples=32, radiance_field=FAST_FIELD, weights=FAST_WEIGHTS,
-              random_background=0.5, joint_views=True)
-"""CPU default: SDI with the paper's numbers, dense 48^3 grid, 2 views of 64x64, 32 samples per ray (over the
-1.2-wide box: finer than the former 48 over 2), Adam lr 0.1, 300 steps, half the views over a random colour (white
-floaters on a cone and the white-filled hole of a torus are invisible on white: mask IoU 0.706 -> 0.951 on the cone),
-the embedded prior as a multi-view prior (``joint_views``: a step's 2 views are pulled toward one variant)."""
+FAST_INVERSION_STEPS = 50
+"""``fast``'s inversion: 50 even DDIM steps up to t + tau instead of the paper's int(10 t) (2-9). On the embedded
+prior the paper's coarse inversion makes the variants' blur hold SDI's target on the dotted sphere (gain -1.02 to
+-0.83 at t = 200-800; 2.5-3.1 at t = 200-400 with 50 steps: benchmarks/kappa_norm.py, part 3). A call of this closed-form prior is a few matrix
+products, not a UNet call: the table's SDI runs took 106 s each against 95 s (2 workers)."""
+
+FAST = Preset("fast", lambda: sdi_paper(inversion_steps=FAST_INVERSION_STEPS), lr=0.1, num_samples=32,
+              radiance_field=FAST_FIELD, weights=FAST_WEIGHTS, random_background=0.5, joint_views=True,
+              steps_per_target=3)
+"""CPU default: SDI with the paper's numbers but a 50-step inversion (``FAST_INVERSION_STEPS``) and 3 Adam steps per
+target (``steps_per_target``: 100 targets over the 300 steps), dense 48^3 grid, 2 views of 64x64, 32 samples per ray
+(over the 1.2-wide box: finer than the former 48 over 2), Adam lr 0.1, 300 steps, half the views over a random colour
+(white floaters on a cone and the white-filled hole of a torus are invisible on white: mask IoU 0.706 -> 0.951 on the
+cone), the embedded prior as a multi-view prior (``joint_views``: a step's 2 views are pulled toward one variant)."""
 
 PAPER_CAMERAS = CameraSampling(distance=(1.5, 2.0), fovy_deg=(40, 70), elevation_deg=(-10, 45))
 PAPER_WEIGHTS = LossWeights(
@@ -245,16 +252,16 @@ SDS_THREESTUDIO = replace(
 """threestudio's configs/dreamfusion-sd.yaml: its SDS step exactly (CFG 100, w = 1 - a_t, loss 0.5 sum / B), 64x64
 renders resized to 512, orientation 10 -> 1000 over 5000 steps, sparsity 1 (weights for its sum loss); Perp-Neg on."""
 
-SDS = replace(FAST, name="sds", rule=lambda: sds(cfg=7.5))
+SDS = replace(FAST, name="sds", rule=lambda: sds(cfg=7.5), steps_per_target=1)
 """SDS on the CPU settings (CFG 7.5 to compare with SDI at the same guidance; DreamFusion used 100)."""
 
-ISM = replace(FAST, name="ism", rule=lambda: ism(cfg=7.5))
+ISM = replace(FAST, name="ism", rule=lambda: ism(cfg=7.5), steps_per_target=1)
 """ISM (LucidDreamer) on the CPU settings."""
 
-NFSD = replace(FAST, name="nfsd", rule=lambda: nfsd(cfg=7.5, negative=""))
+NFSD = replace(FAST, name="nfsd", rule=lambda: nfsd(cfg=7.5, negative=""), steps_per_target=1)
 """NFSD on the CPU settings; the embedded prior has no free-text negative prompt, so delta_D = 0 for t >= 200."""
 
-CSD = replace(FAST, name="csd", rule=lambda: csd(scale=7.5))
+CSD = replace(FAST, name="csd", rule=lambda: csd(scale=7.5), steps_per_target=1)
 """CSD (classifier score only) on the CPU settings, scale 7.5."""
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (FAST, SDI_PAPER, SDI_REFERENCE, SDS_THREESTUDIO, SDS, ISM, NFSD, CSD)}
@@ -267,8 +274,9 @@ def gpu_sized(preset: Preset) -> bool:
 
 
 def cpu_sized(preset: Preset) -> Preset:
-    """A GPU preset shrunk to CPU sizes, keeping its rule (for --preset sdi-paper on the embedded prior)."""
-    return replace(FAST, name=preset.name, rule=preset.rule)
+    """A GPU preset shrunk to CPU sizes, keeping its rule and its one Adam step per target (for --preset sdi-paper
+    on the embedded prior: the paper's SDI on ``fast``'s field and prior)."""
+    return replace(FAST, name=preset.name, rule=preset.rule, steps_per_target=preset.steps_per_target)
 
 
 def with_views_per_step(preset: Preset, views: int, antithetic: bool = False) -> Preset:
