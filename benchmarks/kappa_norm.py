@@ -10,11 +10,12 @@ Part 3 asks whether the blur holds: it moves the variants' mean a little towards
 each rule's target leans the same way, over how far the image leant (the gain). Above 1 the blur repels, and a run
 that reaches it leaves it; below 1 it attracts.
 
-Part 1 (seconds): kappa RMS of the inversion alone (``fast``'s: CFG -7.5, int(10 t) steps, no entropy) of variant 0,
-of the variants' mean and of one of the prior's own samples (variant 0 + s0 z), at two held-out cameras, for the
+Part 1 (seconds): kappa RMS of the inversion alone (the paper's: CFG -7.5, int(10 t) steps, no entropy) of variant
+0, of the variants' mean and of one of the prior's own samples (variant 0 + s0 z), at two held-out cameras, for the
 six objects of the modes table, on the multi-view prior at the default s0 and at s0 = 0.3. Part 2 (``--train``,
-~3 min): kappa RMS through a 300-step ``fast`` run, SDI and SDS (CFG 7.5) on one object, in bins of t. Part 3
-(~20 s): the gains of SDI (the paper's inversion, and a 50-step one) and of SDS at four levels, same cameras.
+~3 min): kappa RMS through a 300-step run on ``fast``'s field and prior with one Adam step per target, SDI (the
+paper's rule) and SDS (CFG 7.5), on one object, in bins of t. Part 3 (~20 s): the gains of SDI (the paper's
+inversion, and a 50-step one) and of SDS at four levels, same cameras.
 
     python benchmarks/kappa_norm.py --train --out docs/results/kappa-norm.md
 """
@@ -64,11 +65,17 @@ def rms(x: torch.Tensor) -> float:
 
 
 def inversion_rms(prior: CatalogPrior, cameras: Cameras, x0: torch.Tensor, t: int) -> float:
-    """RMS of kappa = the inversion alone (fast's rule without its entropy term) of x0 (B, 3, H, W) to level t."""
+    """RMS of kappa = the inversion alone (the paper's rule without its entropy term) of x0 (B, 3, H, W) to level t."""
     rule = replace(sdi_paper(), noise=Inversion(cfg=-7.5))
     update = distill_update(rule, prior, x0, Levels(t, t), prior.target.prompt, torch.Generator().manual_seed(0), {},
                             cameras)
     return rms(update.noise.kappa)
+
+
+def variant_renders(prior: CatalogPrior, cameras: Cameras) -> torch.Tensor:
+    """(B, K, 3, H, W) float32 renders of the prior's K variants at the B cameras."""
+    flat, _ = prior.exemplars(cameras, SIZE, SIZE)
+    return flat[:, :len(prior.variants)].float().reshape(len(cameras.c2w), -1, 3, SIZE, SIZE)
 
 
 def static_rows() -> list[str]:
@@ -77,8 +84,7 @@ def static_rows() -> list[str]:
     for prompt in MODE_OBJECTS:
         for s0 in SMOOTHINGS:
             prior = CatalogPrior(prompt, smoothing=s0, joint_views=True)
-            flat, _ = prior.exemplars(cameras, SIZE, SIZE)
-            variants = flat[:, :len(prior.variants)].float().reshape(2, -1, 3, SIZE, SIZE)  # (B, K, 3, H, W)
+            variants = variant_renders(prior, cameras)
             sample = variants[:, 0] + s0 * torch.randn(variants[:, 0].shape, generator=torch.Generator().manual_seed(1))
             images = {"variant 0": variants[:, 0], "variant mean": variants.mean(1), "prior sample": sample}
             cells = [f"{inversion_rms(prior, cameras, x, t):.3f}" for x in images.values() for t in LEVELS]
@@ -86,12 +92,6 @@ def static_rows() -> list[str]:
             rows.append(f"| {prompt} | {s0:g} | {spread:.3f} | " + " | ".join(cells) + " |")
             print(rows[-1], flush=True)
     return rows
-
-
-def variant_renders(prior: CatalogPrior, cameras: Cameras) -> torch.Tensor:
-    """(B, K, 3, H, W) float32 renders of the prior's K variants at the B cameras."""
-    flat, _ = prior.exemplars(cameras, SIZE, SIZE)
-    return flat[:, :len(prior.variants)].float().reshape(len(cameras.c2w), -1, 3, SIZE, SIZE)
 
 
 def lean_gain(target: torch.Tensor, mean: torch.Tensor, direction: torch.Tensor, lean: float) -> float:
@@ -147,7 +147,8 @@ class Recording:
 
 
 def train_rows(workdir: Path) -> list[str]:
-    """Part 2: kappa RMS by t bin over a ``fast`` run of SDI and of SDS on ``TRAIN_OBJECT``."""
+    """Part 2: kappa RMS by t bin over a 300-step run of SDI (the paper's rule) and of SDS on ``TRAIN_OBJECT``, on
+    ``fast``'s field and prior with one Adam step per target (``fast`` as it was when this was measured)."""
     from sdi.bench.evaluate import evaluate_scene
     from sdi.bench.suites import fit
     from sdi.train.presets import FAST
@@ -157,7 +158,7 @@ def train_rows(workdir: Path) -> list[str]:
     for name, make in (("sdi", sdi_paper), ("sds", lambda: sds(cfg=7.5))):
         rule = make()
         recording = Recording(rule.noise)
-        preset = replace(FAST, name=name, rule=lambda: replace(rule, noise=recording))
+        preset = replace(FAST, name=name, rule=lambda: replace(rule, noise=recording), steps_per_target=1)
         scene, _ = fit(workdir / name, RunConfig(TRAIN_OBJECT, "fast", "embedded", FAST.steps, 0), preset)
         scores = evaluate_scene(scene, TRAIN_OBJECT)
         cells = []
@@ -180,11 +181,13 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     levels = " | ".join(f"{name} t={t}" for name in ("variant 0", "variant mean", "prior sample") for t in LEVELS)
     lines = ["## 1. RMS of the inversion alone (no entropy), two held-out cameras, multi-view prior", "",
-             "'spread': RMS of the variants about their mean, [-1, 1] units (the prior's samples add s0 per pixel).", "",
+             "'spread': RMS of the variants about their mean, [-1, 1] units (the prior's samples add s0 per "
+             "pixel).", "",
              f"| object | s0 | spread | {levels} |", "|---|---|---|" + "---|" * 3 * len(LEVELS), *static_rows()]
     if args.train:
         bins = " | ".join(f"t in [{lo}, {hi})" for lo, hi in T_BINS)
-        lines += ["", f"## 2. RMS of kappa through a {TRAIN_OBJECT!r} run (`fast`, 300 steps, seed 0)", "",
+        lines += ["", f"## 2. RMS of kappa through a {TRAIN_OBJECT!r} run (`fast` before 0dba3d1: the paper's SDI, 1 "
+                  "Adam step per target; 300 steps, seed 0)", "",
                   "SDI's kappa includes its entropy term 0.3 N(0, I): an RMS of 0.30 is entropy alone.", "",
                   f"| rule | {bins} | PSNR nearest | RMS nearest | RMS mean |", "|---|" + "---|" * (len(T_BINS) + 3),
                   *train_rows(args.workdir)]

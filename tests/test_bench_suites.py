@@ -186,8 +186,7 @@ def test_kappa_norm_probe_inverts_a_variant_to_a_far_smaller_noise_than_a_prior_
     probe = _load_script("kappa_norm")
     prior = probe.CatalogPrior("a red cube with white stripes", joint_views=True)
     cameras = probe.two_cameras()
-    flat, _ = prior.exemplars(cameras, probe.SIZE, probe.SIZE)
-    variant = flat[:, 0].float().reshape(2, 3, probe.SIZE, probe.SIZE)
+    variant = probe.variant_renders(prior, cameras)[:, 0]
     sample = variant + prior.smoothing * torch.randn(variant.shape, generator=torch.Generator().manual_seed(1))
     small, typical = (probe.inversion_rms(prior, cameras, x, 500) for x in (variant, sample))
     assert small < typical / 4 and 0.5 < typical < 1.0

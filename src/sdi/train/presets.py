@@ -187,8 +187,9 @@ torus hole stays filled for the whole run (main job on the torus, random backgro
 FAST_INVERSION_STEPS = 50
 """``fast``'s inversion: 50 even DDIM steps up to t + tau instead of the paper's int(10 t) (2-9). On the embedded
 prior the paper's coarse inversion makes the variants' blur hold SDI's target on the dotted sphere (gain -1.02 to
--0.83 at t = 200-800; 2.5-3.1 at t = 200-400 with 50 steps: benchmarks/kappa_norm.py, part 3). A call of this closed-form prior is a few matrix
-products, not a UNet call: the table's SDI runs took 106 s each against 95 s (2 workers)."""
+-0.83 at t = 200-800; 2.5-3.1 at t = 200-400 with 50 steps: benchmarks/kappa_norm.py, part 3). A call of this
+closed-form prior is a few matrix products, not a UNet call: with the 3 Adam steps per target (a third of the
+targets) the main job trained in 106.3 s against 105.2 s before, back to back (README, *3D*)."""
 
 FAST = Preset("fast", lambda: sdi_paper(inversion_steps=FAST_INVERSION_STEPS), lr=0.1, num_samples=32,
               radiance_field=FAST_FIELD, weights=FAST_WEIGHTS, random_background=0.5, joint_views=True,
