@@ -226,7 +226,7 @@ def test_modes_grid_passes_steps_per_target_to_every_method_and_says_so(tmp_path
     keys are those made before); --steps-per-target K reaches every method's preset and the report says so; SDI's
     jobs name fast's inversion steps, so no run of a former fast is resumed as today's."""
     from sdi.bench import modes
-    from sdi.train.presets import FAST, FAST_INVERSION_STEPS
+    from sdi.train.presets import FAST, FAST_INVERSION_STEPS, FAST_TAU_MAX
 
     cube = ("a red cube with white stripes",)
     plain = {j.method: j for j in modes.grid_modes(tmp_path, objects=cube, seeds=1, steps=6)}
@@ -234,6 +234,7 @@ def test_modes_grid_passes_steps_per_target_to_every_method_and_says_so(tmp_path
     assert "steps_per_target" not in plain["sds"].params_dict and "inversion_steps" not in plain["sds"].params_dict
     assert plain["sdi"].params_dict["steps_per_target"] == FAST.steps_per_target == 3
     assert plain["sdi"].params_dict["inversion_steps"] == FAST_INVERSION_STEPS
+    assert plain["sdi"].params_dict["tau_max"] == FAST_TAU_MAX == FAST.rule().timesteps.tau_max
     assert all(j.params_dict["steps_per_target"] == 5 for j in five)
     assert {j.key for j in plain.values()}.isdisjoint(j.key for j in five)
     assert all(modes.mode_preset(m, 6, 5).steps_per_target == 5 for m in modes.MODE_METHODS)

@@ -54,9 +54,9 @@ def mode_preset(method: str, steps: int, steps_per_target: int | None = None, jo
 def grid_modes(runs_dir: Path, objects=MODE_OBJECTS, seeds: int = 3, steps: int = 300, methods=MODE_METHODS,
                steps_per_target: int | None = None, joint_views: bool = True) -> list[Job]:
     """One job per method x object x seed. The params name the prior only when it is the multi-view one, the Adam
-    steps per target only when not 1, and SDI's inversion steps since ``fast`` took its 50, so that the runs made
+    steps per target only when not 1, and SDI's inversion steps and tau bound since ``fast`` took its own, so that the runs made
     before keep their job keys (and ``--resume``) and no run of a former ``fast`` is taken for one of today's."""
-    from sdi.train.presets import FAST_INVERSION_STEPS
+    from sdi.train.presets import FAST_INVERSION_STEPS, FAST_TAU_MAX
 
     base = {"steps": steps, "runs_dir": str(Path(runs_dir).resolve())}
     if joint_views:
@@ -65,7 +65,7 @@ def grid_modes(runs_dir: Path, objects=MODE_OBJECTS, seeds: int = 3, steps: int 
     for m in methods:
         own = mode_preset(m, steps, steps_per_target, joint_views).steps_per_target
         params[m] = {**base, **({"steps_per_target": own} if own != 1 else {}),
-                     **({"inversion_steps": FAST_INVERSION_STEPS} if m == "sdi" else {})}
+                     **({"inversion_steps": FAST_INVERSION_STEPS, "tau_max": FAST_TAU_MAX} if m == "sdi" else {})}
     return [Job("modes", m, o, s, params[m]) for o in objects for s in range(seeds) for m in methods]
 
 

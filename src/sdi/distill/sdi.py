@@ -18,17 +18,21 @@ from sdi.distill.noise import Cached, Inversion, WithEntropy, paper_inversion_st
 from sdi.distill.rule import Rule
 from sdi.distill.timesteps import AnnealedT, GridT, ThreestudioAnnealedT
 
+PAPER_TAU_MAX = 1.0 / 30.0
+"""The paper's jitter: kappa is estimated at t + tau, tau ~ U(0, 1/30) (App. A; the authors' code 0.1)."""
 PERP_NEG = Guidance(perp_neg="embeddings")
 """Perp-Neg as the authors run it (threestudio's embedding interpolation), the default of both variants."""
 
 
 def sdi_paper(cfg: float = 7.5, inversion_cfg: float = -7.5, entropy: float = 0.3, end: float = 0.2,
-              guidance: Guidance = PERP_NEG, inversion_steps: int | None = None) -> Rule:
+              guidance: Guidance = PERP_NEG, inversion_steps: int | None = None,
+              tau_max: float = PAPER_TAU_MAX) -> Rule:
     """SDI with the paper's equations and numbers, Perp-Neg on (Eq. 3 CFG on priors without free text).
-    ``inversion_steps``: a fixed number of even inversion steps instead of the paper's int(10 t)."""
+    ``inversion_steps``: a fixed number of even inversion steps instead of the paper's int(10 t); ``tau_max``:
+    the bound of the jitter tau ~ U(0, tau_max) between t and kappa's level t + tau."""
     steps = paper_inversion_steps if inversion_steps is None else inversion_steps
     noise = WithEntropy(Inversion(cfg=inversion_cfg, steps=steps), entropy)
-    return Rule("sdi", AnnealedT(0.98, end, tau_max=1.0 / 30.0), noise, cfg, guidance=guidance)
+    return Rule("sdi", AnnealedT(0.98, end, tau_max=tau_max), noise, cfg, guidance=guidance)
 
 
 def sdi_reference(cfg: float = 7.5, inversion_cfg: float = -7.5, entropy: float = 0.3, perp_neg: bool = True) -> Rule:
