@@ -28,11 +28,15 @@ def _train(preset, threads: int) -> list[torch.Tensor]:
         torch.set_num_threads(previous)
 
 
-def test_one_and_two_threads_train_bit_identically(tiny_preset):
+def test_one_and_two_threads_train_alike(tiny_preset):
+    """Equal to float32 rounding, not bit for bit: since ``fast`` draws tau up to 0.2 the third step's Adam update
+    (a held step: same render, same target) differs by 3e-8 between 1 and 2 threads, the render's backward
+    accumulating its gradient in a thread-dependent order."""
     from dataclasses import replace
 
     preset = replace(tiny_preset, resolution=32, batch=2)
-    assert all(torch.equal(a, b) for a, b in zip(_train(preset, 1), _train(preset, 2)))
+    for a, b in zip(_train(preset, 1), _train(preset, 2)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
 def test_threads_option_sets_the_count_for_torch_and_subprocesses(monkeypatch):
