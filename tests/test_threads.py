@@ -30,8 +30,8 @@ def _train(preset, threads: int) -> list[torch.Tensor]:
 
 def test_one_and_two_threads_train_alike(tiny_preset):
     """Equal to float32 rounding, not bit for bit: since ``fast`` draws tau up to 0.2 the third step's Adam update
-    (a held step: same render, same target) differs by 3e-8 between 1 and 2 threads, the render's backward
-    accumulating its gradient in a thread-dependent order."""
+    (a held step: same render, same target) differs by 3e-8 between 1 and 2 threads (render and target bit-identical:
+    the backward or Adam sums in a thread-dependent order; which op was not found)."""
     from dataclasses import replace
 
     preset = replace(tiny_preset, resolution=32, batch=2)

@@ -54,8 +54,9 @@ def mode_preset(method: str, steps: int, steps_per_target: int | None = None, jo
 def grid_modes(runs_dir: Path, objects=MODE_OBJECTS, seeds: int = 3, steps: int = 300, methods=MODE_METHODS,
                steps_per_target: int | None = None, joint_views: bool = True) -> list[Job]:
     """One job per method x object x seed. The params name the prior only when it is the multi-view one, the Adam
-    steps per target only when not 1, and SDI's inversion steps and tau bound since ``fast`` took its own, so that the runs made
-    before keep their job keys (and ``--resume``) and no run of a former ``fast`` is taken for one of today's."""
+    steps per target only when not 1, and SDI's inversion steps and tau bound since ``fast`` took its own, so that
+    the runs made before keep their job keys (and ``--resume``) and no run of a former ``fast`` is taken for one of
+    today's."""
     from sdi.train.presets import FAST_INVERSION_STEPS, FAST_TAU_MAX
 
     base = {"steps": steps, "runs_dir": str(Path(runs_dir).resolve())}
