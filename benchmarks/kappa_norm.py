@@ -39,6 +39,7 @@ from sdi.distill.sds import sds
 from sdi.distill.timesteps import Levels
 from sdi.priors.catalog import SMOOTHING, CatalogPrior
 from sdi.scene.cameras import Cameras, held_out_cameras
+from sdi.train.presets import FAST_INVERSION_STEPS
 
 LEVELS = (300, 500, 800)
 SIZE = 64
@@ -48,8 +49,8 @@ T_BINS = ((800, 1000), (600, 800), (400, 600), (200, 400))
 GAIN_LEVELS = (200, 400, 600, 800)
 LEAN, LEANS_TO = 0.05, (1, 2, 3, 4)
 """Part 3's image: the variants' mean moved 5% of the way to variant k, for each k here."""
-FINE_INVERSION = 50
-"""Inversion steps of part 3's second SDI column (the paper's int(10 t) is 2-8 at these levels)."""
+FINE_INVERSION = FAST_INVERSION_STEPS
+"""Inversion steps of part 3's second SDI column, ``fast``'s (the paper's int(10 t) is 2-8 at these levels)."""
 SDS_DRAWS = 8
 TAU_MEAN = 17
 """tau at its mean (1/60 of the 1000 levels) for part 3's SDI targets."""

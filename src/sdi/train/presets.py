@@ -154,9 +154,10 @@ class Preset:
     """Adam steps per distillation target: each target is made at one step's cameras and pulled towards for this
     many steps, the same cameras re-rendered each time (the rule's schedule then runs over steps / this targets,
     so the denoiser is called this many times less). SDI keeps a mode only when the render keeps up with its target.
-    ``fast`` takes 3 (with its 50-step inversion: SDI clears the main job's bar in 14 of 18 runs of the 6 x 3 modes
-    table against 10 of 18 with 1 step and the paper's inversion); the SDS presets keep 1 (at 3 on the single-view
-    table both SDS baselines lost 1.7-3.3 dB: README, *A mode or the mean*; docs/results/modes-3-steps-per-target)."""
+    ``fast`` takes 3 (with its 50-step inversion and the paper's tau, SDI cleared the main job's bar in 14 of 18 runs
+    of the 6 x 3 modes table against 10 of 18 with 1 step and the paper's inversion; with tau up to 0.2, 18 of 18);
+    the SDS presets keep 1 (at 3 on the single-view table both SDS baselines lost 1.7-3.3 dB: README, *A mode or the
+    mean*; docs/results/modes-3-steps-per-target)."""
     joint_views: bool = False
     """The embedded prior as a multi-view prior (``CatalogPrior.joint_views``): one posterior over the variants for
     all of a step's cameras, so the step's views are pulled toward one variant. Stable Diffusion ignores it. ``fast``
@@ -204,10 +205,10 @@ FAST = Preset("fast", lambda: sdi_paper(inversion_steps=FAST_INVERSION_STEPS, ta
               joint_views=True, steps_per_target=3)
 """CPU default: SDI with the paper's numbers but a 50-step inversion (``FAST_INVERSION_STEPS``), tau ~ U(0, 0.2)
 (``FAST_TAU_MAX``) and 3 Adam steps per target (``steps_per_target``: 100 targets over the 300 steps), dense 48^3
-grid, 2 views of 64x64, 32 samples per ray
-(over the 1.2-wide box: finer than the former 48 over 2), Adam lr 0.1, 300 steps, half the views over a random colour
-(white floaters on a cone and the white-filled hole of a torus are invisible on white: mask IoU 0.706 -> 0.951 on the
-cone), the embedded prior as a multi-view prior (``joint_views``: a step's 2 views are pulled toward one variant)."""
+grid, 2 views of 64x64, 32 samples per ray (over the 1.2-wide box: finer than the former 48 over 2), Adam lr 0.1, 300
+steps, half the views over a random colour (white floaters on a cone and the white-filled hole of a torus are
+invisible on white: mask IoU 0.706 -> 0.951 on the cone), the embedded prior as a multi-view prior (``joint_views``: a
+step's 2 views are pulled toward one variant)."""
 
 PAPER_CAMERAS = CameraSampling(distance=(1.5, 2.0), fovy_deg=(40, 70), elevation_deg=(-10, 45))
 PAPER_WEIGHTS = LossWeights(
