@@ -282,3 +282,23 @@ def test_modes_table_trains_each_method_and_reports_mode_or_mean(tmp_path):
     assert "| sdi | 1 |" in report and "SDI / sds masked detail" in report and "bench_modes.py" in report
     with pytest.raises(ValueError, match="unknown method"):
         modes.grid_modes(tmp_path, methods=("vsd",))
+
+
+def test_main_job_benchmark_reads_a_runs_figures_and_compares_checkpoints(tmp_path):
+    """benchmarks/main_job.py: `sdi generate` in fresh processes at 1 and 2 threads, its summary line and resource
+    usage read back; the two checkpoints are bit-identical, and a checkpoint with one value changed is not."""
+    from safetensors.torch import load_file, save_file
+
+    bench = _load_script("main_job")
+    src = Path(bench.__file__).resolve().parents[1] / "src"
+    extra = ["--steps", "2", "--resolution", str(TINY_RESOLUTION)]
+    rows = [bench.run_once(src, n, TINY_PROMPT, tmp_path / f"run{n}", extra) for n in (1, 2)]
+    for row in rows:
+        assert 0 < row["train"] < row["wall"] and row["s_per_step"] == pytest.approx(row["train"] / 2)
+        assert row["user"] > 0 and row["minor_faults"] > 0 and row["peak_rss_mb"] > 50
+    assert bench.same_checkpoints(tmp_path / "run1", tmp_path / "run2")
+    tensors = load_file(str(tmp_path / "run1" / "checkpoint.safetensors"))
+    tensors["modules/field/grid"].view(-1)[0] += 1e-6
+    (tmp_path / "changed").mkdir()
+    save_file(tensors, str(tmp_path / "changed" / "checkpoint.safetensors"))
+    assert not bench.same_checkpoints(tmp_path / "run1", tmp_path / "changed")

@@ -4,13 +4,16 @@ PyTorch's default (one thread per core, threads spinning while they wait) is the
 shared with other work: spinning threads steal the cores that the other work and the main thread need. So ``sdi``
 sets ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep) unless it is set, and ``--threads N`` / ``SDI_THREADS``
 set the count (``DEFAULT_THREADS`` otherwise; measured in the README, "Threads"). Results do not depend on it:
-a run is bit-identical at 1 and 2 threads (tests/test_threads.py).
+a run is bit-identical at 1 and 2 threads (tests/test_threads.py), because the renderer pads its field calls to
+whole vector blocks per thread (``sdi.scene.renderer.field_at``) and the prior's ground-truth renders run on one
+thread (``one_thread``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 DEFAULT_THREADS = 1
 """Intra-op threads when neither --threads nor SDI_THREADS is given."""
@@ -36,3 +39,20 @@ def configure_threads(threads: int | None = None) -> int:
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(count)
     return count
+
+
+@contextmanager
+def one_thread():
+    """torch's intra-op work on one thread inside the block, for work whose result must not depend on the thread
+    count and that has no cheaper way to be independent of it (``render_shared_geometry``)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from sdi.scene.cameras import Cameras
 from sdi.scene.catalog import BOUNDING_RADIUS
+from sdi.threads import one_thread
 
 
 class Surface(Protocol):
@@ -124,13 +125,14 @@ def render_ground_truth(obj: Surface, cameras: Cameras, supersample: int = 1) ->
 
 def render_shared_geometry(shapes: Sequence[Surface], cameras: Cameras, supersample: int = 1) -> list[GroundTruthRender]:
     """``render_ground_truth`` of each of ``shapes`` (e.g. a prompt's variants), which share the first one's geometry:
-    traced once, painted K times."""
+    traced once, painted K times, on one thread (bit-identical whatever torch's thread count)."""
     if supersample < 1:
         raise ValueError(f"supersample must be a positive integer, got {supersample}")
     s, B, H, W = supersample, len(cameras), cameras.height, cameras.width
     fine = Cameras(cameras.c2w.float(), cameras.fovy.float(), H * s, W * s)
     origins, directions = fine.rays()
-    geometry, rgb = _trace_and_paint(shapes, origins.reshape(-1, 3), directions.reshape(-1, 3))
+    with one_thread():  # the sines and roots of tens of thousands of rays would round by the thread count
+        geometry, rgb = _trace_and_paint(shapes, origins.reshape(-1, 3), directions.reshape(-1, 3))
 
     def image(per_ray: Tensor) -> Tensor:  # (..., B * H s * W s, C) -> (prod(...) * B, C, H, W), box-filtered
         channels = per_ray.shape[-1]
