@@ -32,7 +32,8 @@ from sdi.scene.catalog import parse_prompt
 from sdi.io import save_image
 from sdi.scene.fields import HashGridField, SolidBackground, hash_grid_paper_config
 from sdi.scene.ground_truth import render_ground_truth
-from sdi.scene.renderer import OccupancyGrid, render
+from sdi.scene.occupancy import OccupancyGrid
+from sdi.scene.renderer import render
 
 
 def fit_field(prompt: str, steps: int, batch: int, device: str, log2_table: int = 19) -> HashGridField:

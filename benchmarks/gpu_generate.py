@@ -40,7 +40,7 @@ import tiny_sd  # noqa: E402
 import sdi.train.loop as loop  # noqa: E402
 import sdi.train.run as run  # noqa: E402
 from sdi.profiling import StageTimer, SyncCounter  # noqa: E402
-from sdi.scene.renderer import OccupancyGrid  # noqa: E402
+from sdi.scene.occupancy import OccupancyGrid  # noqa: E402
 
 PROMPT = "a DSLR photo of a white fluffy cat"
 SD21_TEXT = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,

@@ -21,7 +21,8 @@ from sdi.scene.cameras import Cameras, CameraSampling, orbit_cameras
 from sdi.scene.compiled import compile_field
 from sdi.scene.fields import FieldOutput, HashGridField, HashGridFieldConfig, SolidBackground, TcnnFallbackWarning
 from sdi.scene.hashgrid import HashGridEncoding
-from sdi.scene.renderer import SHADING_MODES, OccupancyGrid, render, shade
+from sdi.scene.occupancy import OccupancyGrid
+from sdi.scene.renderer import SHADING_MODES, render, shade
 from sdi.train.loop import new_state, sample_shading, training_step, views_loss
 from sdi.train.presets import FAST, SDI_PAPER, views_line, with_views_per_step
 from sdi.train.run import RunConfig

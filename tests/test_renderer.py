@@ -21,8 +21,8 @@ from sdi.scene.fields import (
     SolidBackground,
 )
 from sdi.scene.hashgrid import HashGridEncoding, hash_coords
+from sdi.scene.occupancy import OccupancyGrid
 from sdi.scene.renderer import (
-    OccupancyGrid,
     RenderOutput,
     normals_autograd,
     normals_finite_difference,

@@ -26,9 +26,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from sdi.scene.occupancy import OccupancyGrid
 from sdi.scene.renderer import (
     Field,
-    OccupancyGrid,
     _candidate_mask,
     _Options,
     _render_samples,

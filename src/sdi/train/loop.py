@@ -30,7 +30,8 @@ from sdi.scene.regularizers import (
 )
 from sdi.scene.cameras import Cameras
 from sdi.scene.compiled import compile_field
-from sdi.scene.renderer import SHADING_MODES, OccupancyGrid, RenderOutput, render
+from sdi.scene.occupancy import OccupancyGrid
+from sdi.scene.renderer import SHADING_MODES, RenderOutput, render
 from sdi.train.presets import Preset
 
 SYNC_EVERY = 10
