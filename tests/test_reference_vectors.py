@@ -30,6 +30,7 @@ from reference_vectors import (
     run_case,
     tolerance,
 )
+from sdi.threads import torch_threads
 
 INPUTS = {"x0", "t", "delta", "t_plus_delta", "azimuth_deg", "elevation_deg", "inv_noise", "rgb", "vae_noise",
           "sds_noise"}
@@ -50,12 +51,8 @@ def authors_threads(case: dict):
     """The vectors were made on 2 CPU threads. The VAE's convolutions at 512 px round differently on 1 (the RGB
     case's posterior then moves by 2.6x its tolerance, though every later stage still passes): RGB cases run on 2
     threads; the latent cases pass on any thread count tried (1 and 2) and keep the session's."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2 if case["settings"].get("input") == "rgb" else before)
-    try:
+    with torch_threads(2 if case["settings"].get("input") == "rgb" else torch.get_num_threads()):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -10,30 +10,19 @@ import torch
 
 from sdi.diffusion.denoiser import CountingDenoiser
 from sdi.priors.catalog import CatalogPrior
-from sdi.threads import configure_threads
+from sdi.threads import configure_threads, torch_threads
 from sdi.train.loop import new_state, training_step
 
 TINY_PROMPT = "a red cube"  # as in conftest.py
 MAIN_PROMPT = "a red cube with white stripes"
 
 
-def _with_threads(threads: int, fn):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return fn()
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _train(preset, threads: int) -> list[torch.Tensor]:
-    def three_steps():
+    with torch_threads(threads):
         state, prior = new_state(preset, 0), CountingDenoiser(CatalogPrior(TINY_PROMPT))
         for _ in range(3):
             training_step(state, preset, preset.rule(), prior, TINY_PROMPT)
         return [p.detach().clone() for p in state.scene.field.parameters()]
-
-    return _with_threads(threads, three_steps)
 
 
 def test_one_and_two_threads_train_alike(tiny_preset):
@@ -56,10 +45,14 @@ def test_the_priors_renders_do_not_depend_on_the_thread_count():
     from sdi.train.presets import FAST
 
     cameras = FAST.cameras.sample(2, 64, torch.Generator().manual_seed(62))
-    one, two = (_with_threads(n, lambda: (CatalogPrior(MAIN_PROMPT).exemplars(cameras, 64, 64)[0],
-                                          torch.get_num_threads())) for n in (1, 2))
-    assert (one[1], two[1]) == (1, 2)
-    assert torch.equal(one[0], two[0])
+    before = torch.get_num_threads()
+    renders = {}
+    for n in (1, 2):
+        with torch_threads(n):
+            renders[n] = CatalogPrior(MAIN_PROMPT).exemplars(cameras, 64, 64)[0]
+            assert torch.get_num_threads() == n
+        assert torch.get_num_threads() == before
+    assert torch.equal(renders[1], renders[2])
 
 
 def test_padded_field_calls_equal_the_field_and_give_the_padding_no_gradient():

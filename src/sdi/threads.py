@@ -6,7 +6,7 @@ sets ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep) unless it is set, and `
 set the count (``DEFAULT_THREADS`` otherwise; measured in the README, "Threads"). Results do not depend on it:
 a run is bit-identical at 1 and 2 threads (tests/test_threads.py), because the renderer pads its field calls to
 whole vector blocks per thread (``sdi.scene.renderer.field_at``) and the prior's ground-truth renders run on one
-thread (``one_thread``).
+thread (``torch_threads(1)``).
 """
 
 from __future__ import annotations
@@ -42,16 +42,17 @@ def configure_threads(threads: int | None = None) -> int:
 
 
 @contextmanager
-def one_thread():
-    """torch's intra-op work on one thread inside the block, for work whose result must not depend on the thread
-    count and that has no cheaper way to be independent of it (``render_shared_geometry``)."""
+def torch_threads(count: int):
+    """torch's intra-op work on ``count`` threads inside the block, and the count as it was after it. One thread: for
+    work whose result must not depend on the thread count and that has no cheaper way to be independent of it
+    (``render_shared_geometry``)."""
     import torch
 
     previous = torch.get_num_threads()
-    if previous == 1:
+    if previous == count:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
     try:
         yield
     finally:

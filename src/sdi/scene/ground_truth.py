@@ -16,7 +16,7 @@ from torch import Tensor
 
 from sdi.scene.cameras import Cameras
 from sdi.scene.catalog import BOUNDING_RADIUS
-from sdi.threads import one_thread
+from sdi.threads import torch_threads
 
 
 class Surface(Protocol):
@@ -131,7 +131,7 @@ def render_shared_geometry(shapes: Sequence[Surface], cameras: Cameras, supersam
     s, B, H, W = supersample, len(cameras), cameras.height, cameras.width
     fine = Cameras(cameras.c2w.float(), cameras.fovy.float(), H * s, W * s)
     origins, directions = fine.rays()
-    with one_thread():  # the sines and roots of tens of thousands of rays would round by the thread count
+    with torch_threads(1):  # the sines and roots of tens of thousands of rays would round by the thread count
         geometry, rgb = _trace_and_paint(shapes, origins.reshape(-1, 3), directions.reshape(-1, 3))
 
     def image(per_ray: Tensor) -> Tensor:  # (..., B * H s * W s, C) -> (prod(...) * B, C, H, W), box-filtered
